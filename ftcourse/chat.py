@@ -1,0 +1,119 @@
+"""Chat formatting: instructions and multi-turn chats rendered with the tokenizer's chat template.
+
+The template wraps each turn in role tokens and ends an assistant turn with EOS, so a fine-tuned
+model learns to stop. Labels are -100 except on assistant turns: the loss falls on responses and
+their EOS only (TRL's "completion-only loss"). Masking is exact because the chat up to a turn,
+rendered with `add_generation_prompt=True`, is a token-for-token prefix of the chat with that turn.
+Packing puts several examples in one row with positions restarting at 0 for each example; the
+model then keeps examples apart (transformers builds a block-diagonal mask from the positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+ROLE_TOKENS = tuple(f"<|{role}|>" for role in ROLES) + ("<|end|>",)
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+# `<bos><|user|> question<|end|><|assistant|> answer<eos>`. The space after a role token makes
+# the first word tokenize as it does mid-sentence in pretraining text (" Pelmora", not "Pelmora").
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Unknown chat role ' + message['role'] + '; use system, user or assistant.') }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|> ' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '<|end|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def messages(instruction: str, response: str | None = None) -> list[dict[str, str]]:
+    """A one-turn chat: the user's instruction and, if given, the assistant's response."""
+    chat = [{"role": "user", "content": instruction}]
+    if response is not None:
+        chat.append({"role": "assistant", "content": response})
+    return chat
+
+
+def check_chat(chat: Sequence[dict[str, str]], where: str = "the chat") -> None:
+    """Raise ValueError for an unknown role, a missing or empty content, or no assistant turn."""
+    for index, message in enumerate(chat):
+        if message.get("role") not in ROLES:
+            raise ValueError(f"{where}, message {index}: unknown role {message.get('role')!r}; "
+                             f"use one of {', '.join(ROLES)}.")
+        if not isinstance(message.get("content"), str) or not message["content"].strip():
+            raise ValueError(f"{where}, message {index} ({message['role']}): content is empty or missing; "
+                             "every turn needs text (an empty response teaches the model to say nothing).")
+    if not any(message["role"] == "assistant" for message in chat):
+        raise ValueError(f"{where} has no assistant turn, so there is nothing to learn from it.")
+
+
+def _render(tokenizer: Any, chat: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    return tokenizer.apply_chat_template(list(chat), add_generation_prompt=add_generation_prompt,
+                                         return_dict=False)
+
+
+def prompt_ids(tokenizer: Any, instruction: str) -> list[int]:
+    """Token ids of the prompt for a generation: the chat up to the assistant's turn."""
+    return _render(tokenizer, messages(instruction), add_generation_prompt=True)
+
+
+def tokenize_chat(tokenizer: Any, chat: Sequence[dict[str, str]], *, mask_prompt: bool = True,
+                  learn_eos: bool = True) -> dict[str, list[int]]:
+    """`input_ids` of a whole chat and `labels` equal to them on assistant turns, -100 elsewhere.
+
+    Args:
+        mask_prompt: False labels every token (the loss then also falls on the questions).
+        learn_eos: False masks each EOS label, as a collator does when pad == eos: the model
+            never sees the end of a response as something to predict, so it never learns to stop.
+    """
+    check_chat(chat)
+    input_ids = _render(tokenizer, chat)
+    labels = list(input_ids) if not mask_prompt else [-100] * len(input_ids)
+    for turn, message in enumerate(chat):
+        if message["role"] != "assistant" or not mask_prompt:
+            continue
+        before = _render(tokenizer, chat[:turn], add_generation_prompt=True)
+        through = _render(tokenizer, chat[:turn + 1])
+        if input_ids[:len(before)] != before or input_ids[:len(through)] != through:
+            raise ValueError("The chat template renders a turn differently inside the whole chat, so "
+                             "responses cannot be located for label masking.")
+        labels[len(before):len(through)] = input_ids[len(before):len(through)]
+    if mask_prompt:
+        labels[0] = -100   # nothing precedes the first token, so it is never predicted
+    if not learn_eos:
+        labels = [-100 if t == tokenizer.eos_token_id else t for t in labels]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def tokenize_example(tokenizer: Any, instruction: str, response: str,
+                     **options: bool) -> dict[str, list[int]]:
+    """One instruction/response pair as `tokenize_chat` does it (options: mask_prompt, learn_eos)."""
+    return tokenize_chat(tokenizer, messages(instruction, response), **options)
+
+
+def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
+    """Greedy first-fit packing into rows of at most `max_len` tokens, keeping examples whole.
+
+    Each row has `input_ids`, `labels` and `position_ids` that restart at 0 for every example; the
+    first label of every example is -100 (it would be predicted from the previous example).
+    """
+    if too_long := [i for i, ex in enumerate(examples) if len(ex["input_ids"]) > max_len]:
+        raise ValueError(f"{len(too_long)} example(s) (first: {too_long[0]}) are longer than "
+                         f"max_len={max_len}; packing keeps examples whole. Raise max_len or filter them.")
+    rows: list[dict[str, list[int]]] = []
+    for example in examples:
+        n = len(example["input_ids"])
+        row = next((r for r in rows if len(r["input_ids"]) + n <= max_len), None)
+        if row is None:
+            row = {"input_ids": [], "labels": [], "position_ids": []}
+            rows.append(row)
+        row["input_ids"] += example["input_ids"]
+        row["labels"] += [-100] + example["labels"][1:]
+        row["position_ids"] += list(range(n))
+    return rows

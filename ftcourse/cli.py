@@ -1,0 +1,144 @@
+"""The `ftcourse` command: doctor, pretrain, finetune.
+
+    ftcourse doctor                          check this machine
+    ftcourse pretrain --out DIR              pretrain the tiny base model from a seed
+    ftcourse finetune --method full          fine-tune the profile's base model and score it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ftcourse.data import TASK_FIELDS
+    from ftcourse.methods import METHODS
+    from ftcourse.profiles import PROFILES
+
+    parser = argparse.ArgumentParser(prog="ftcourse", description="Fine-tuning course companion.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    doctor = commands.add_parser("doctor", help="report Python, torch, GPU, bitsandbytes, versions")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+    pretrain = commands.add_parser("pretrain", help="pretrain the tiny base model on the world")
+    pretrain.add_argument("--out", default="tiny-llama", help="output folder (default: tiny-llama)")
+    pretrain.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--lr", type=positive_float, default=None)
+    pretrain.add_argument("--no-progress", action="store_true")
+
+    finetune = commands.add_parser("finetune", help="fine-tune the base model on a task and score it")
+    finetune.add_argument("--method", required=True, choices=sorted(METHODS),
+                          help="how to fine-tune")
+    finetune.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                          help="default: $FTCOURSE_PROFILE or tiny")
+    finetune.add_argument("--task", default="instructions",
+                          choices=[t for t, f in TASK_FIELDS.items() if "instruction" in f])
+    finetune.add_argument("--model", default=None,
+                          help="base model: hub id or folder (default: the profile's)")
+    finetune.add_argument("--epochs", type=positive_float, default=3.0)
+    finetune.add_argument("--lr", type=positive_float, default=1e-3)
+    finetune.add_argument("--batch-size", type=positive_int, default=16)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--limit", type=positive_int, default=None,
+                          help="score at most this many test items per task")
+    finetune.add_argument("--out", default=None, help="save the fine-tuned model here")
+    finetune.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ftcourse.doctor import format_report, run_checks
+
+    checks = run_checks()
+    print(json.dumps([asdict(c) for c in checks], indent=1) if args.json else format_report(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ftcourse.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(seed=args.seed)
+    if args.max_steps is not None:
+        config = replace(config, max_steps=args.max_steps)
+    if args.lr is not None:
+        config = replace(config, lr=args.lr)
+    command = "ftcourse " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["pretrain"] else None
+    summary = pretrain(args.out, config, progress=not args.no_progress, command=command).summary
+    print(f"held-out loss {summary['held_out_loss']:.4f} (at init {summary['held_out_loss_at_init']:.4f}), "
+          f"fact recall {summary['fact_recall']:.1%}, {summary['wall_seconds']:.0f} s -> {args.out}")
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from ftcourse.data import load_task
+    from ftcourse.evaluate import score_task
+    from ftcourse.models import load_base
+    from ftcourse.sft import finetune
+    from ftcourse.train import TrainConfig
+
+    model, tokenizer = load_base(args.model, profile=args.profile)
+    data = load_task(args.task, profile=args.profile)
+    test_by_task: dict[str, list[dict]] = {}
+    for row in data["test"]:
+        test_by_task.setdefault(row["task"], []).append(row)
+    if args.limit:
+        test_by_task = {task: rows[:args.limit] for task, rows in test_by_task.items()}
+    before = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    model, result = finetune(model, tokenizer, data["train"], args.method, config,
+                             progress=not args.no_progress)
+    after = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
+    print(f"{args.method} fine-tuning on {args.task}: {len(result.history)} steps, "
+          f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s")
+    print(f"{'task':<12} {'metric':<12} {'n':>4}  {'before':>22}  {'after':>22}")
+    for task in test_by_task:
+        print(f"{task:<12} {after[task].metric:<12} {len(after[task].scores):>4}  "
+              f"{before[task].ci!s:>22}  {after[task].ci!s:>22}")
+    if args.out:
+        model.save_pretrained(args.out, safe_serialization=True)
+        tokenizer.save_pretrained(args.out)
+        print(f"saved to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune}[args.command]
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ftcourse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Data for every chapter: the synthetic world on the tiny profile, public datasets on the GPU ones.
+
+`load_task(name)` returns a `datasets.DatasetDict` with train / validation / test splits and the
+same fields whichever profile supplies it, so a chapter's code never asks where data came from.
+
+| task | fields | what it teaches |
+|---|---|---|
+| instructions | instruction, response, task | SFT: qa + arithmetic + reverse + describe |
+| qa, arithmetic, reverse, describe | instruction, response, task | one instruction task alone |
+| routing | text, label, instruction, response | classification into four teams |
+| preferences | prompt, chosen, rejected, kind | reward models, DPO |
+| newfacts | instruction, response, task | knowledge injection: facts absent from pretraining |
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ftcourse.data.checks import require_fields
+from ftcourse.data.tasks import (
+    SPLITS,
+    arithmetic_questions,
+    describe_requests,
+    fact_questions,
+    newcomer_facts,
+    preference_pairs,
+    reversal_requests,
+    routing_requests,
+)
+from ftcourse.data.world import World, make_world
+from ftcourse.profiles import Profile, get_profile
+
+# The world the embedded base model was pretrained on (its model card records the same numbers).
+WORLD_SEED = 0
+NUM_PEOPLE = 128
+NUM_NEWCOMERS = 24
+
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "instructions": ("instruction", "response", "task"),
+    "qa": ("instruction", "response", "task"),
+    "arithmetic": ("instruction", "response", "task"),
+    "reverse": ("instruction", "response", "task"),
+    "describe": ("instruction", "response", "task"),
+    "routing": ("text", "label", "instruction", "response"),
+    "preferences": ("prompt", "chosen", "rejected", "kind"),
+    "newfacts": ("instruction", "response", "task"),
+}
+
+
+@cache
+def default_world() -> World:
+    """The world of the embedded base model."""
+    return make_world(NUM_PEOPLE, NUM_NEWCOMERS, WORLD_SEED)
+
+
+def synthetic_rows(name: str, world: World | None = None) -> dict[str, list[dict]]:
+    """The rows of a synthetic task per split, as plain dicts."""
+    world = world or default_world()
+    seed = world.seed
+    makers = {
+        "qa": lambda: fact_questions(world, seed),
+        "arithmetic": lambda: arithmetic_questions(seed),
+        "reverse": lambda: reversal_requests(seed),
+        "describe": lambda: describe_requests(world, seed),
+        "routing": lambda: routing_requests(seed),
+        "preferences": lambda: preference_pairs(world, seed),
+        "newfacts": lambda: newcomer_facts(world),
+    }
+    if name == "instructions":
+        parts = [synthetic_rows(task, world) for task in ("qa", "arithmetic", "reverse", "describe")]
+        return {split: [row for part in parts for row in part[split]] for split in SPLITS}
+    _check_task(name)
+    return makers[name]()
+
+
+def load_task(name: str, profile: str | Profile | None = None, world: World | None = None):
+    """A `datasets.DatasetDict` (train / validation / test) for task `name` on `profile`."""
+    import datasets
+
+    _check_task(name)
+    profile = get_profile(profile)
+    if profile.data == "hub":
+        from ftcourse.data.hub import load_hub_task
+        return load_hub_task(name)
+    rows = synthetic_rows(name, world)
+    splits = datasets.DatasetDict({split: datasets.Dataset.from_list(rows[split]) for split in SPLITS})
+    for split, dataset in splits.items():
+        require_fields(dataset, TASK_FIELDS[name], name=f"{name} {split} split")
+    return splits
+
+
+def _check_task(name: str) -> None:
+    if name not in TASK_FIELDS:
+        raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_FIELDS)}.")
+
+
+__all__ = ["TASK_FIELDS", "World", "default_world", "load_task", "make_world", "require_fields",
+           "synthetic_rows"]

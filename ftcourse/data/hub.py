@@ -1,0 +1,85 @@
+"""Public datasets for the GPU profiles, mapped to the fields of the synthetic tasks.
+
+Only the GPU profiles reach this module, and only there may a dataset be downloaded. Tasks that
+need facts the model cannot know (newfacts, reverse, describe) stay synthetic on every profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ftcourse.data.checks import require_fields
+
+MAX_ROWS = 20_000  # rows taken from a hub dataset before splitting 60/10/30
+SPLIT_SEED = 0
+AG_NEWS_LABELS = ("world", "sports", "business", "science")
+
+
+@dataclass(frozen=True)
+class HubTask:
+    """A hub dataset and the function that maps one of its rows to our fields."""
+
+    repo: str
+    config: str | None
+    to_row: Callable[[dict], dict]
+
+
+def _alpaca(row: dict) -> dict:
+    instruction = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
+    return {"instruction": instruction, "response": row["output"], "task": "alpaca"}
+
+
+def _squad(row: dict) -> dict:
+    return {"instruction": f"{row['context']}\n\nQuestion: {row['question']}",
+            "response": row["answers"]["text"][0], "task": "squad"}
+
+
+def _gsm8k(row: dict) -> dict:
+    return {"instruction": row["question"], "response": row["answer"].split("####")[-1].strip(),
+            "task": "gsm8k"}
+
+
+def _ag_news(row: dict) -> dict:
+    label = AG_NEWS_LABELS[row["label"]]
+    instruction = ("Which section does this news story belong to? Answer world, sports, business "
+                   f"or science.\nStory: {row['text']}")
+    return {"text": row["text"], "label": label, "instruction": instruction, "response": label}
+
+
+def _orca_pairs(row: dict) -> dict:
+    return {"prompt": row["question"], "chosen": row["chosen"], "rejected": row["rejected"],
+            "kind": "orca"}
+
+
+HUB_TASKS: dict[str, HubTask] = {
+    "instructions": HubTask("yahma/alpaca-cleaned", None, _alpaca),
+    "qa": HubTask("rajpurkar/squad", None, _squad),
+    "arithmetic": HubTask("openai/gsm8k", "main", _gsm8k),
+    "routing": HubTask("fancyzhx/ag_news", None, _ag_news),
+    "preferences": HubTask("Intel/orca_dpo_pairs", None, _orca_pairs),
+}
+
+
+def load_hub_task(name: str):
+    """The hub dataset for `name` as train / validation / test with our fields."""
+    import datasets
+
+    from ftcourse.data import TASK_FIELDS, load_task
+
+    if name not in HUB_TASKS:
+        return load_task(name, profile="tiny")
+    task = HUB_TASKS[name]
+    try:
+        raw = datasets.load_dataset(task.repo, task.config, split="train")
+    except Exception as err:  # the hub raises many types; all mean "not available here"
+        raise FileNotFoundError(
+            f"Dataset {task.repo!r} (task {name!r}) could not be loaded: {type(err).__name__}: {err}. "
+            "The GPU profiles download public datasets; run once with network access to fill the "
+            "Hugging Face cache, or use FTCOURSE_PROFILE=tiny to work offline.") from err
+    raw = raw.shuffle(seed=SPLIT_SEED).select(range(min(MAX_ROWS, len(raw))))
+    mapped = raw.map(task.to_row, remove_columns=raw.column_names)
+    require_fields(mapped, TASK_FIELDS[name], name=f"{task.repo} ({name})")
+    test = mapped.train_test_split(test_size=0.3, seed=SPLIT_SEED)
+    val = test["train"].train_test_split(test_size=1 / 7, seed=SPLIT_SEED)
+    return datasets.DatasetDict({"train": val["train"], "validation": val["test"], "test": test["test"]})

@@ -1,0 +1,250 @@
+"""LoRA: low-rank adaptation of linear layers (Hu et al. 2021, arXiv:2106.09685).
+
+h = W0 x + (alpha / r) * B A x,  A: (r, d_in) Kaiming-uniform,  B: (d_out, r) zeros.
+W0 stays frozen; only A and B train, r * (d_in + d_out) numbers instead of d_in * d_out. With B = 0
+a fresh adapter changes nothing; `merge()` folds B A into W0 for inference at no extra cost.
+Library twin: peft.LoraConfig + peft.get_peft_model; tests/test_lora.py proves them equal, and
+`save_adapter` / `load_adapter` read and write peft's file format.
+Shapes: x (..., d_in) -> h (..., d_out). Here B is the LoRA matrix, never the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ftcourse._surgery import freeze, match_modules, replace_modules
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """How to fine-tune: low-rank updates on the named linear layers, everything else frozen."""
+
+    name: ClassVar[str] = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    targets: str | tuple[str, ...] = ("q_proj", "v_proj")   # names, a regex, or "all-linear"
+    dropout: float = 0.0
+    rslora: bool = False                                     # scale by alpha / sqrt(r)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.r, int) and self.r >= 1):
+            problems.append(f"r must be a positive int, got {self.r!r}")
+        if not self.alpha > 0:
+            problems.append(f"alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.targets:
+            problems.append("targets must name at least one module")
+        if problems:
+            raise ValueError("Invalid LoRA config: " + "; ".join(problems) + ".")
+        if isinstance(self.targets, list):
+            object.__setattr__(self, "targets", tuple(self.targets))
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return apply_lora(model, self)
+
+    def to_peft(self) -> Any:
+        """The same configuration as a `peft.LoraConfig`."""
+        import peft  # imported here so `import ftcourse` works without peft
+
+        targets = self.targets if isinstance(self.targets, str) else list(self.targets)
+        return peft.LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=targets,
+                               lora_dropout=self.dropout, use_rslora=self.rslora, bias="none",
+                               task_type="CAUSAL_LM")
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update: base(x) + scaling * B(A(dropout(x)))."""
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False):
+        super().__init__()
+        self.base_layer = base_layer.requires_grad_(False)
+        self.r, self.scaling = r, alpha / math.sqrt(r) if rslora else alpha / r
+        # Half-precision bases get float32 adapters, as peft does (autocast_adapter_dtype).
+        dtype = torch.float32 if base_layer.weight.dtype in (torch.float16, torch.bfloat16) \
+            else base_layer.weight.dtype
+        device = base_layer.weight.device
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=device, dtype=dtype)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))   # U(-1/sqrt(d_in), 1/sqrt(d_in))
+        nn.init.zeros_(self.lora_B.weight)                              # no change at the start
+        self.merged = False
+        self.disabled = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.base_layer(x)
+        if self.merged or self.disabled:
+            return result
+        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
+        return (result + update * self.scaling).to(result.dtype)
+
+    def delta_weight(self) -> Tensor:
+        """scaling * B A, the (d_out, d_in) change this adapter makes to W0."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 <- W0 + scaling * B A: the same outputs with one matmul instead of three."""
+        if not self.merged:
+            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo `merge()` (exact up to floating-point rounding)."""
+        if self.merged:
+            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+# ---------------------------------------------------------------- surgery
+
+def apply_lora(model: nn.Module, config: LoRA) -> nn.Module:
+    """Freeze `model` and wrap each target linear layer in a `LoRALinear`, in place."""
+    names = match_modules(model, config.targets)
+    freeze(model)
+    replace_modules(model, names, lambda base: LoRALinear(base, config.r, config.alpha,
+                                                          config.dropout, config.rslora))
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Every LoRA layer of the model by its dotted name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    for layer in lora_layers(model).values():
+        layer.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+    return model
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model is its base: the reference policy of DPO without a second copy."""
+    layers = list(lora_layers(model).values())
+    if any(layer.merged for layer in layers):
+        raise ValueError("Adapters are merged into the weights; unmerge_lora(model) before disabling them.")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
+
+
+# ---------------------------------------------------------------- saving and loading (peft's format)
+
+def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The adapter weights under peft's saved names: base_model.model.<module>.lora_A.weight."""
+    return {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(layer, part).weight.detach().contiguous()
+            for name, layer in lora_layers(model).items() for part in ("lora_A", "lora_B")}
+
+
+def save_adapter(model: nn.Module, directory: str | Path, config: LoRA,
+                 base_model_name: str | None = None) -> Path:
+    """Write adapter_model.safetensors and adapter_config.json as peft's save_pretrained does."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = lora_state_dict(model)
+    if not weights:
+        raise ValueError("The model has no LoRA layers to save; apply_lora(model, config) first.")
+    save_file(weights, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    targets = sorted({name.rsplit(".", 1)[-1] for name in lora_layers(model)})
+    peft_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.r, "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout, "use_rslora": config.rslora, "target_modules": targets,
+        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": None, "base_model_name_or_path": base_model_name or _model_name(model),
+    }
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True))
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> LoRA:
+    """The `LoRA` config of a saved adapter (ours or peft's)."""
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"No {ADAPTER_CONFIG} in {directory}; is it an adapter folder?")
+    fields = json.loads(path.read_text())
+    if fields.get("peft_type") != "LORA":
+        raise ValueError(f"{path} describes a {fields.get('peft_type')!r} adapter, not LoRA.")
+    targets = fields["target_modules"]
+    return LoRA(r=fields["r"], alpha=fields["lora_alpha"], dropout=fields.get("lora_dropout", 0.0),
+                rslora=fields.get("use_rslora", False),
+                targets=targets if isinstance(targets, str) else tuple(sorted(targets)))
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Load a saved LoRA adapter into `model`, adding LoRA layers first if it has none.
+
+    A model that already has LoRA layers of the same shapes swaps to the new weights in place:
+    several adapters share one base model and one copy of its weights.
+    """
+    from safetensors.torch import load_file
+
+    config = read_adapter_config(directory)
+    if not lora_layers(model):
+        apply_lora(model, config)
+    weights = load_file(Path(directory) / ADAPTER_WEIGHTS)
+    ours = lora_state_dict(model)
+    for key in sorted(set(weights) & set(ours)):
+        if weights[key].shape != ours[key].shape:
+            module = key[len(PEFT_PREFIX):].rsplit(".", 2)[0]
+            raise ValueError(f"Shape mismatch for {module}: the adapter's {key.rsplit('.', 2)[-2]} is "
+                             f"{tuple(weights[key].shape)} but this model needs {tuple(ours[key].shape)}; "
+                             "the adapter was made for another base model or another rank.")
+    if missing := sorted(set(weights) - set(ours)):
+        raise ValueError(f"The adapter in {directory} has weights for modules this model lacks or does "
+                         f"not adapt, e.g. {missing[0]}; it was made for another model or other targets.")
+    if uncovered := sorted(set(ours) - set(weights)):
+        raise ValueError(f"This model adapts modules the adapter in {directory} has no weights for, "
+                         f"e.g. {uncovered[0]}; load it into a model with the adapter's targets.")
+    layers = lora_layers(model)
+    with torch.no_grad():
+        for key, tensor in weights.items():
+            name, part, _ = key[len(PEFT_PREFIX):].rsplit(".", 2)
+            getattr(layers[name], part).weight.copy_(tensor)
+    for layer in layers.values():
+        layer.scaling = config.scaling   # the adapter's alpha, which may differ from the last one's
+    return model
+
+
+def _model_name(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+__all__ = ["LoRA", "LoRALinear", "adapters_disabled", "apply_lora", "load_adapter", "lora_layers",
+           "lora_state_dict", "merge_lora", "read_adapter_config", "save_adapter", "unmerge_lora"]

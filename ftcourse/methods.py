@@ -1,0 +1,53 @@
+"""Fine-tuning methods: the "how", independent of the data (the "what").
+
+A method is a small frozen config with `apply(model) -> model` that decides which parameters
+train (and adds any new ones). The training loop then trains whatever is left unfrozen. Full
+fine-tuning lives here; LoRA (`ftcourse.lora`) and the methods of later chapters join it in
+`METHODS`, which the CLI's --method choices come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from ftcourse.lora import LoRA
+
+
+class Method(Protocol):
+    name: str
+
+    def apply(self, model: nn.Module) -> nn.Module: ...
+
+
+@dataclass(frozen=True)
+class Full:
+    """How to fine-tune: every parameter of the model trains."""
+
+    name: str = "full"
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+
+
+METHODS: dict[str, type] = {"full": Full, "lora": LoRA}
+
+
+def get_method(method: str | Method) -> Method:
+    """A method config from its name ("full", ...) or the config itself."""
+    if not isinstance(method, str):
+        return method
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; available methods: {', '.join(METHODS)}.")
+    return METHODS[method]()
+
+
+def count_parameters(model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameter counts, and the trainable share."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}

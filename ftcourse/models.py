@@ -1,0 +1,92 @@
+"""Base models: the embedded tiny pretrained Llama, or any hub id or local path, one code path.
+
+`load_base()` returns (model, tokenizer) for the active profile: on the tiny profile the
+checkpoint that ships inside the package (offline, about a second); on the GPU profiles a real
+model from the Hugging Face cache or a local folder. Weights load from safetensors only and
+remote code runs only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftcourse.profiles import Profile, get_profile
+
+EMBEDDED_MODEL = Path(__file__).parent / "assets" / "tiny-llama"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, or a hub id to look up; a path that does not exist is an error here."""
+    if name_or_path == "embedded":
+        return str(EMBEDDED_MODEL)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"Model folder {path} has no config.json; point to a folder "
+                                    "written by save_pretrained (config.json, *.safetensors).")
+        return str(path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    if looks_like_path:
+        raise FileNotFoundError(f"Model path {name_or_path!r} does not exist. Pass an existing "
+                                "folder, a hub id such as 'HuggingFaceTB/SmolLM2-135M', or nothing "
+                                "for the embedded tiny model.")
+    return name_or_path
+
+
+def load_base(name_or_path: str | None = None, *, profile: str | Profile | None = None,
+              dtype: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of the profile's base model, or of `name_or_path` if given.
+
+    Args:
+        name_or_path: None for the profile's model, "embedded", a hub id, or a local folder.
+        dtype: "float32" / "bfloat16" / "float16"; default the profile's.
+        trust_remote_code: run model code shipped with a hub repository (off unless you ask).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    profile = get_profile(profile)
+    source = resolve_model_path(name_or_path or profile.base_model)
+    dtype = dtype or profile.dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    offline = Path(source).exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype],
+                                                     use_safetensors=True, **kwargs)
+    except OSError as err:
+        reason = ("offline, and not in the local cache" if offline
+                  else f"download failed: {type(err).__name__}")
+        raise FileNotFoundError(
+            f"Model {source!r} is not a local folder and could not be loaded from the Hugging Face "
+            f"hub ({reason}). Download it once with network access (`huggingface-cli download "
+            f"{source}`), pass the path of a local copy, or use the tiny profile, which needs no "
+            "download.") from err
+    ensure_distinct_pad(model, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def ensure_distinct_pad(model: Any, tokenizer: Any, pad_token: str = "<pad>") -> None:
+    """Give the tokenizer a pad token distinct from EOS, growing the embeddings if it is new.
+
+    With pad == eos, data collators mask every EOS as padding and the model never learns to stop.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return
+    warnings.warn(f"{type(model).__name__}: pad token {tokenizer.pad_token!r} is missing or equals "
+                  f"EOS; using {pad_token!r} (added and embeddings resized if new), so EOS stays a label.",
+                  stacklevel=2)
+    tokenizer.add_special_tokens({"pad_token": pad_token})
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,48 @@
+"""Profiles: one switch that moves every chapter from a laptop CPU to a GPU and a real model.
+
+A profile picks the base model, the data source, the dtype and the batch size; the code does not
+branch on the profile anywhere else. Choose one with the `FTCOURSE_PROFILE` environment variable
+or pass `profile=` to any function that takes one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where and at what size the course runs."""
+
+    name: str
+    base_model: str               # "embedded" (the package's tiny model), a hub id or a local path
+    data: Literal["synthetic", "hub"]
+    dtype: Literal["float32", "bfloat16"]
+    batch_size: int
+    max_seq_len: int
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile("tiny", "embedded", "synthetic", "float32", 32, 256,
+                    "the embedded pretrained tiny Llama and the synthetic world, fp32 on the CPU"),
+    "gpu": Profile("gpu", "HuggingFaceTB/SmolLM2-360M-Instruct", "hub", "bfloat16", 16, 1024,
+                   "a real small model from the hub and real public datasets, bf16 on one GPU"),
+    "gpu-large": Profile("gpu-large", "meta-llama/Llama-3.1-8B", "hub", "bfloat16", 4, 2048,
+                         "a 7B-class model for QLoRA on one GPU, bf16 compute"),
+}
+DEFAULT_PROFILE = "tiny"
+
+
+def get_profile(profile: str | Profile | None = None) -> Profile:
+    """The named profile; None reads `FTCOURSE_PROFILE` (default "tiny")."""
+    if isinstance(profile, Profile):
+        return profile
+    name = profile if profile is not None else os.environ.get("FTCOURSE_PROFILE", DEFAULT_PROFILE)
+    if name not in PROFILES:
+        source = "FTCOURSE_PROFILE" if profile is None else "profile"
+        raise ValueError(f"Unknown {source} {name!r}; known profiles: {', '.join(PROFILES)}. "
+                         f"Set {source} to one of them (the default is {DEFAULT_PROFILE!r}).")
+    return PROFILES[name]

@@ -1,0 +1,74 @@
+"""Supervised fine-tuning: instruction data (the what) trained with any method (the how).
+
+`finetune(model, tokenizer, data, method="full")` formats each (instruction, response) pair with
+the chat template, masks the prompt out of the labels, lets the method decide what trains, and
+runs the one training loop, whose loss is the mean cross-entropy over the response tokens of the
+whole batch (as TRL's SFTTrainer computes it). Data and method are independent arguments: the
+same instructions can be learned by full fine-tuning or by any PEFT method.
+Library twin: trl.SFTTrainer on prompt-completion data; tests/test_sft.py proves them equal.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ftcourse.chat import pack_examples, tokenize_example
+from ftcourse.data.checks import require_fields
+from ftcourse.methods import Method, get_method
+from ftcourse.train import TrainConfig, TrainResult, train
+
+
+@dataclass(frozen=True)
+class Formatting:
+    """How instruction data become training sequences."""
+
+    mask_prompt: bool = True     # loss on the response (and EOS) only
+    learn_eos: bool = True       # False reproduces the pad == eos bug: EOS is never a label
+    pack: bool = False           # several examples per row, kept apart by their positions
+
+
+def tokenize_instructions(tokenizer: Any, rows: Sequence[dict[str, str]], max_len: int | None = None,
+                          formatting: Formatting = Formatting()) -> list[dict[str, list[int]]]:
+    """Chat-formatted, label-masked examples. Examples longer than `max_len` tokens are left out
+    with a warning that counts them (cutting one would cut off its response and EOS)."""
+    require_fields(rows, ("instruction", "response"), name="instruction data")
+    examples = [tokenize_example(tokenizer, row["instruction"], row["response"],
+                                 mask_prompt=formatting.mask_prompt, learn_eos=formatting.learn_eos)
+                for row in rows]
+    if max_len is not None and (too_long := [i for i, ex in enumerate(examples)
+                                             if len(ex["input_ids"]) > max_len]):
+        warnings.warn(f"Left out {len(too_long)} of {len(examples)} examples longer than {max_len} "
+                      f"tokens (first: row {too_long[0]}). Shorten them or raise max_len.", stacklevel=2)
+        skipped = set(too_long)
+        examples = [ex for i, ex in enumerate(examples) if i not in skipped]
+    return examples
+
+
+def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
+             method: str | Method = "full", config: TrainConfig | None = None, *,
+             formatting: Formatting = Formatting(),
+             eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+             progress: bool = True) -> tuple[nn.Module, TrainResult]:
+    """Fine-tune `model` on instruction rows with `method`; return (model, training result).
+
+    Args:
+        data: rows with "instruction" and "response" (a `datasets.Dataset` or a list of dicts).
+        method: "full", or a method config such as those in `ftcourse.methods`.
+        config: the training run; default 3 epochs at lr 1e-3, batch 16.
+        formatting: prompt masking, EOS and packing (see `Formatting`).
+    """
+    method = get_method(method)
+    config = config or TrainConfig(epochs=3, lr=1e-3, batch_size=16)
+    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    examples = tokenize_instructions(tokenizer, data, max_len, formatting)
+    if formatting.pack:
+        examples = pack_examples(examples, max_len or max(len(ex["input_ids"]) for ex in examples))
+    model = method.apply(model)
+    result = train(model, examples, config, eval_fn=eval_fn, progress=progress,
+                   description=f"sft ({method.name})")
+    return model, result

@@ -1,0 +1,343 @@
+"""The one training loop. Every chapter trains through it; a method only decides what is trainable.
+
+It runs on Accelerate, so the same loop runs on the CPU, one GPU, or several processes
+(`accelerate launch`). The loss of a step is the sum of per-item losses over the whole global
+batch (all micro-batches, all processes) divided by the number of items, as TRL and transformers
+do: gradient accumulation and data parallelism do not change the result, only the memory.
+Checkpoints hold the trainable weights (safetensors), the optimizer and scheduler state and the
+history; resuming from one continues exactly where the uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+# loss_fn(model, batch) -> (sum of per-item losses, number of items) for one micro-batch.
+LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]]
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how fast to train. Give exactly one of `max_steps` and `epochs`."""
+
+    max_steps: int | None = None          # optimizer steps
+    epochs: float | None = None           # passes over the data, rounded up to whole steps
+    batch_size: int = 16                  # examples per forward pass, per process
+    grad_accum_steps: int = 1             # forward passes per optimizer step
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05            # share of steps with a linear warm-up
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.0             # AdamW, never on norms, biases or 1-D parameters
+    max_grad_norm: float | None = 1.0
+    seed: int = 0                         # data order and any randomness in the model
+    eval_every: int = 0                   # steps between evaluations (0: at the end only)
+    save_every: int = 0                   # steps between checkpoints (0: at the end only)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if (self.max_steps is None) == (self.epochs is None):
+            problems.append("give exactly one of max_steps and epochs")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            problems.append(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "grad_accum_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            problems.append(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if problems:
+            raise ValueError("Invalid TrainConfig: " + "; ".join(problems) + ".")
+
+    def total_steps(self, num_examples: int, num_processes: int = 1) -> int:
+        """Optimizer steps of the run for a dataset of `num_examples`."""
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum_steps * num_processes
+        return max(1, math.ceil(self.epochs * num_examples / per_step))
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves behind: per-step history, evaluations, and speed."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1]["loss"]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+    def plot(self, ax=None, **kwargs):
+        """The loss curve (and evaluations, if any); see `ftcourse.plots.plot_history`."""
+        from ftcourse.plots import plot_history
+        return plot_history(self, ax=ax, **kwargs)
+
+
+# ---------------------------------------------------------------- losses and batches
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Summed next-token cross-entropy over positions whose label is not -100, and their count."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    if "attention_mask" not in inputs and "position_ids" in inputs:
+        inputs["use_cache"] = False   # transformers separates packed rows by position only without a cache
+    logits = model(**inputs).logits
+    labels = batch["labels"][:, 1:]                      # token t predicts label t + 1
+    logits = logits[:, :-1]
+    loss_sum = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+                                           labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss_sum, (labels != -100).sum()
+
+
+def pad_batch(examples: Sequence[dict[str, Sequence[int]]], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad `input_ids` (with `pad_id`) and `labels` (with -100) to the longest example.
+
+    Packed rows (examples with `position_ids`) get their positions padded with 0 and no
+    attention mask: transformers then keeps the packed examples apart by their positions.
+    """
+    length = max(len(ex["input_ids"]) for ex in examples)
+    packed = "position_ids" in examples[0]
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    second = torch.zeros((len(examples), length), dtype=torch.long)   # attention mask or positions
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        input_ids[row, :n] = torch.as_tensor(ex["input_ids"])
+        labels[row, :n] = torch.as_tensor(ex.get("labels", ex["input_ids"]))
+        second[row, :n] = torch.as_tensor(ex["position_ids"]) if packed else 1
+    return {"input_ids": input_ids, "labels": labels,
+            ("position_ids" if packed else "attention_mask"): second}
+
+
+def example_order(num_examples: int, num_needed: int, seed: int) -> list[int]:
+    """Example indices for the whole run: a fresh seeded permutation for every epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < num_needed:
+        order += torch.randperm(num_examples, generator=generator).tolist()
+    return order[:num_needed]
+
+
+def lr_lambda(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on 1-D ones (norms, biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters (every requires_grad is False). "
+                         "Apply a fine-tuning method, or unfreeze parameters, before training.")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.95))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters by name: all a checkpoint needs besides the frozen base."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, step: int,
+                    config: TrainConfig, result: TrainResult) -> Path:
+    """Write `directory/step-N/` atomically: into a temporary folder, then renamed."""
+    from safetensors.torch import save_file
+
+    final = directory / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    state = {"step": step, "config": asdict(config), "history": result.history,
+             "evals": result.evals, "seconds": result.seconds, "tokens": result.tokens}
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in `directory`, or None."""
+    directory = Path(directory)
+    found = sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")) if directory.is_dir() else []
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, config: TrainConfig,
+                    result: TrainResult) -> int:
+    """Restore a checkpoint into the model, optimizer, scheduler and result; return its step."""
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    if state["config"] != asdict(config):
+        changed = {k: (v, asdict(config)[k]) for k, v in state["config"].items() if asdict(config)[k] != v}
+        raise ValueError(f"Checkpoint {path} was written with a different TrainConfig "
+                         f"(field: (saved, now)) {changed}. Resume with the same config, or start "
+                         f"a fresh run in another checkpoint_dir.")
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    if set(weights) != expected:
+        raise ValueError(f"Checkpoint {path} holds trainable weights {sorted(set(weights) ^ expected)[:5]} "
+                         "that do not match this model's trainable parameters; was it made with "
+                         "another model or method?")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    extra = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    result.history, result.evals = state["history"], state["evals"]
+    result.seconds, result.tokens = state["seconds"], state["tokens"]
+    return state["step"]
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig, *,
+          loss_fn: LossFn = causal_lm_loss, collate: Callable | None = None,
+          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True, description: str = "train") -> TrainResult:
+    """Train the parameters of `model` that require grad on `data`; return the history.
+
+    Args:
+        model: any torch module; frozen parameters stay frozen.
+        data: tokenized examples; the default `collate` pads `input_ids` / `labels` lists.
+        config: steps, batch, learning rate, schedule, seed.
+        loss_fn: (model, batch) -> (summed loss, item count) for one micro-batch.
+        eval_fn: called with the model in eval mode every `config.eval_every` steps and at the end.
+        checkpoint_dir: where `step-N/` checkpoints go; `resume=True` continues from the latest.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if len(data) == 0:
+        raise ValueError("train() got no examples; check the dataset and its split.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(config.seed)
+    collate = collate or partial(pad_batch, pad_id=_pad_id(model))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total = config.total_steps(len(data), world)
+    per_process = config.batch_size * config.grad_accum_steps
+    order = example_order(len(data), total * per_process * world, config.seed)
+
+    model.train()
+    optimizer = make_optimizer(model, config)
+    warmup = math.ceil(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_lambda, total=total, warmup=warmup, schedule=config.schedule))
+    result, start = TrainResult(), 0
+    if resume and (path := latest_checkpoint(checkpoint_dir)) is not None:
+        start = load_checkpoint(path, model, optimizer, scheduler, config, result)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    bar = tqdm(range(start, total), desc=description, disable=not (progress and accelerator.is_main_process),
+               initial=start, total=total, mininterval=1.0)
+    began = time.perf_counter()
+    for step in bar:
+        mine = order[(step * world + rank) * per_process:(step * world + rank + 1) * per_process]
+        loss_sum, count, tokens = torch.zeros(()), torch.zeros(()), 0
+        for micro in range(config.grad_accum_steps):
+            indices = mine[micro * config.batch_size:(micro + 1) * config.batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in collate([data[i] for i in indices]).items()}
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            last = micro == config.grad_accum_steps - 1
+            with accelerator.autocast(), (accelerator.no_sync(wrapped) if not last else nullcontext()):
+                micro_sum, micro_count = loss_fn(wrapped, batch)
+                accelerator.backward(micro_sum)
+            loss_sum += micro_sum.detach().float().cpu()
+            count += micro_count.detach().float().cpu()
+        # Gradients hold summed losses, averaged over processes by DDP; make them a global mean.
+        totals = accelerator.reduce(torch.stack([loss_sum, count]).to(accelerator.device), "sum").cpu()
+        if totals[1] == 0:
+            raise ValueError(f"Step {step + 1} has no items to learn from (every label is -100); "
+                             "check the label masking of the data.")
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(world / totals[1].item())
+        grad_norm = (accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                     if config.max_grad_norm is not None else torch.tensor(float("nan")))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        result.tokens += tokens * world
+        record = {"step": step + 1, "loss": (totals[0] / totals[1]).item(),
+                  "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        result.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        done = step + 1 == total
+        if eval_fn is not None and (done or (config.eval_every and (step + 1) % config.eval_every == 0)):
+            result.evals.append({"step": step + 1, **_evaluate(accelerator.unwrap_model(wrapped), eval_fn)})
+        if checkpoint_dir is not None and accelerator.is_main_process and (
+                done or (config.save_every and (step + 1) % config.save_every == 0)):
+            result.seconds += time.perf_counter() - began
+            began = time.perf_counter()
+            save_checkpoint(Path(checkpoint_dir), accelerator.unwrap_model(wrapped), optimizer,
+                            scheduler, step + 1, config, result)
+    result.seconds += time.perf_counter() - began
+    bar.close()
+    model.eval()
+    return result
+
+
+def _evaluate(model: nn.Module, eval_fn: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        metrics = eval_fn(model)
+    model.train()
+    return metrics
+
+
+def _pad_id(model: nn.Module) -> int:
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if pad_id is None:
+        raise ValueError("The model's config has no pad_token_id; set model.config.pad_token_id "
+                         "(distinct from eos) or pass collate= to train().")
+    return pad_id

@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests never touch the network: the hub is switched off before anything loads."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.pop("FTCOURSE_PROFILE", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def base():
+    """The embedded base model and tokenizer, loaded once (tests must not change its weights)."""
+    from ftcourse.models import load_base
+
+    return load_base()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base):
+    return base[1]
+
+
+@pytest.fixture
+def tiny_llama(tokenizer):
+    """A fresh random Llama, smaller than the base model, with the base model's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config)

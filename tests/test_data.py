@@ -1,0 +1,122 @@
+import pytest
+
+from ftcourse.data import TASK_FIELDS, default_world, load_task, require_fields, synthetic_rows
+from ftcourse.data.corpus import pretraining_documents
+from ftcourse.data.tasks import newcomer_statements, split_keys
+from ftcourse.data.world import ATTRIBUTES, STATEMENTS, make_world, recall_probes
+
+KEY_FIELD = {"routing": "text", "preferences": "prompt"}
+
+
+@pytest.mark.parametrize("task", list(TASK_FIELDS))
+def test_splits_are_disjoint(task):
+    rows = synthetic_rows(task)
+    key = KEY_FIELD.get(task, "instruction")
+    seen = {split: {row[key] for row in rows[split]} for split in rows}
+    assert all(len(seen[split]) > 0 for split in ("train", "validation", "test"))
+    assert not seen["train"] & seen["test"], "a test item appears in training"
+    assert not seen["train"] & seen["validation"]
+    assert not seen["validation"] & seen["test"]
+
+
+def test_fact_questions_ask_each_fact_in_one_split_only():
+    rows = synthetic_rows("qa")
+    world = default_world()
+    asked = {}
+    for split, items in rows.items():
+        for row in items:
+            person = next(p for p in world.people if p.name in row["instruction"])
+            attribute = next(a for a, v in ATTRIBUTES.items() if row["response"] in v)
+            asked.setdefault((person.name, attribute), set()).add(split)
+    assert len(asked) == len(world.people) * len(ATTRIBUTES)
+    assert all(len(splits) == 1 for splits in asked.values())
+
+
+def test_preference_pairs_follow_the_question_splits():
+    questions = synthetic_rows("qa")
+    pairs = synthetic_rows("preferences")
+    for split in questions:
+        assert [r["instruction"] for r in questions[split]] == [p["prompt"] for p in pairs[split]]
+        assert all(p["chosen"] == q["response"] for p, q in zip(pairs[split], questions[split]))
+        assert all(p["chosen"] != p["rejected"] for p in pairs[split])
+
+
+def test_newcomers_are_absent_from_pretraining():
+    world = default_world()
+    corpus = " ".join(pretraining_documents(world, 5000, seed=0))
+    assert all(p.name not in corpus for p in world.newcomers)
+    assert sum(p.name in corpus for p in world.people) == len(world.people)
+    assert len(newcomer_statements(world)) == len(world.newcomers) * sum(len(s) for s in STATEMENTS.values())
+
+
+def test_routing_test_messages_are_absent_from_pretraining():
+    corpus = " ".join(pretraining_documents(default_world(), 5000, seed=0))
+    test_messages = [row["text"] for row in synthetic_rows("routing")["test"]]
+    assert not [m for m in test_messages if m in corpus]
+
+
+def test_generators_are_deterministic_and_seeded():
+    assert make_world(8, 2, seed=1) == make_world(8, 2, seed=1)
+    assert make_world(8, 2, seed=1) != make_world(8, 2, seed=2)
+    world = make_world(8, 2, seed=1)
+    assert pretraining_documents(world, 50, seed=3) == pretraining_documents(world, 50, seed=3)
+    assert pretraining_documents(world, 50, seed=3) != pretraining_documents(world, 50, seed=4)
+
+
+def test_world_names_are_unique():
+    world = make_world(200, 50, seed=0)
+    names = [p.name for p in world.people + world.newcomers]
+    assert len(set(names)) == len(names)
+    assert len({n.split()[0] for n in names}) == len(names)
+
+
+def test_recall_probes_are_prefixes_of_statements():
+    world = make_world(4, 0, seed=0)
+    for (prefix, value), (person, attribute) in zip(recall_probes(world), world.facts()):
+        assert STATEMENTS[attribute][0].format(n=person.name, v=value).startswith(prefix + " " + value)
+
+
+def test_split_keys_partitions_and_rejects_duplicates():
+    parts = split_keys(list(range(100)), seed=0)
+    assert sorted(parts["train"] + parts["validation"] + parts["test"]) == list(range(100))
+    assert [len(parts[s]) for s in ("train", "validation", "test")] == [60, 10, 30]
+    with pytest.raises(ValueError, match="unique keys"):
+        split_keys([1, 1, 2], seed=0)
+
+
+def test_load_task_returns_datasets_with_the_task_fields():
+    data = load_task("routing")
+    assert set(data) == {"train", "validation", "test"}
+    assert set(TASK_FIELDS["routing"]) <= set(data["train"].column_names)
+    assert set(data["train"]["label"]) == {"billing", "shipping", "technical", "account"}
+
+
+def test_load_task_rejects_unknown_task_and_profile():
+    with pytest.raises(ValueError, match="Unknown task 'poetry'; known tasks: instructions"):
+        load_task("poetry")
+    with pytest.raises(ValueError, match="Unknown profile 'huge'; known profiles: tiny, gpu"):
+        load_task("qa", profile="huge")
+
+
+def test_require_fields_names_the_missing_field_and_row():
+    rows = [{"instruction": "a", "response": "b"}, {"instruction": "c", "answer": "d"}]
+    message = r"row 1 has no field 'response' \(its fields: \['answer', 'instruction'\]\)"
+    with pytest.raises(ValueError, match=message):
+        require_fields(rows, ("instruction", "response"))
+
+
+def test_require_fields_on_a_dataset_names_the_missing_column():
+    import datasets
+
+    ds = datasets.Dataset.from_list([{"instruction": "a", "output": "b"}])
+    with pytest.raises(ValueError, match=r"no field 'response'.*row 0.*rename_column"):
+        require_fields(ds, ("instruction", "response"))
+
+
+def test_require_fields_reports_empty_and_wrong_types_all_at_once():
+    rows = [{"instruction": "", "response": "b"}, {"instruction": "c", "response": 3}]
+    with pytest.raises(ValueError, match=r"2 problem\(s\): row 0: field 'instruction' is empty; "
+                                         r"row 1: field 'response' must be a string, got int 3"):
+        require_fields(rows, ("instruction", "response"))
+    with pytest.raises(ValueError, match="is empty"):
+        require_fields([], ("instruction",))

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from ftcourse.evaluate import (
+    CI,
+    accuracy,
+    bootstrap_ci,
+    exact_match,
+    macro_f1,
+    normalize,
+    perplexity,
+    rouge_l,
+)
+
+
+def test_exact_match_normalises_case_space_and_punctuation():
+    scores = exact_match(["Pelmora.", "pilot", "  a  Cat ", "red"], ["pelmora", "baker", "a cat", "red!"])
+    assert scores.tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert normalize("  The   Fox! ") == "the fox"
+    assert accuracy(["a", "b", "c", "d"], ["a", "b", "x", "y"]) == 0.5
+
+
+def test_macro_f1_matches_hand_computation():
+    # a: tp 1, fp 1, fn 0 -> 2/3; b: tp 2, fp 0, fn 1 -> 4/5; c: tp 1 -> 1.
+    predictions = ["a", "a", "b", "b", "c"]
+    references = ["a", "b", "b", "b", "c"]
+    assert macro_f1(predictions, references) == pytest.approx((2 / 3 + 4 / 5 + 1) / 3, abs=1e-12)
+
+
+def test_macro_f1_counts_an_out_of_label_prediction_as_a_miss():
+    # a: tp 1, fn 1 -> 2/3; b: tp 1 -> 1.
+    assert macro_f1(["a", "banana", "b"], ["a", "a", "b"], labels=["a", "b"]) == pytest.approx(5 / 6)
+
+
+def test_rouge_l_matches_hand_computed_lcs():
+    scores = rouge_l(["the cat sat on the mat", "a b c d", "nothing here", "A-B"],
+                     ["the cat lay on the mat", "a c e", "something else", "a b"])
+    # LCS 5 of 6 and 6 words -> 5/6; LCS 2, lengths 4 and 3 -> 2*2/7; no overlap -> 0; "a b" both.
+    np.testing.assert_allclose(scores, [5 / 6, 4 / 7, 0.0, 1.0], rtol=0, atol=1e-12)
+
+
+def test_metrics_reject_unpaired_inputs():
+    with pytest.raises(ValueError, match="2 predictions for 3 references"):
+        exact_match(["a", "b"], ["a", "b", "c"])
+
+
+class UniformLM(torch.nn.Module):
+    """Equal logits for every token: perplexity must equal the vocabulary size."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, **_):
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    examples = [{"input_ids": [1, 2, 3, 4]}, {"input_ids": [5, 6], "labels": [-100, 6]}]
+    assert perplexity(UniformLM(50), examples, pad_id=0) == pytest.approx(50.0, rel=1e-6)
+
+
+def test_bootstrap_ci_covers_the_true_mean_at_about_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    trials, covered = 300, 0
+    for trial in range(trials):
+        sample = rng.binomial(1, 0.3, size=120)
+        covered += not bootstrap_ci(sample, n_resamples=1000, seed=trial).excludes(0.3)
+    # Nominal 95%; the percentile bootstrap runs slightly narrow at n = 120.
+    assert 0.90 <= covered / trials <= 0.98, covered / trials
+
+
+def test_bootstrap_ci_of_paired_differences_finds_a_planted_gain_and_no_null_one():
+    rng = np.random.default_rng(1)
+    before = rng.binomial(1, 0.4, size=150).astype(float)
+    improved = np.maximum(before, rng.binomial(1, 0.3, size=150))   # +~0.18 on the same items
+    assert bootstrap_ci(improved - before).excludes(0.0)
+    shuffled = rng.permutation(before)                               # same rate, no real change
+    assert not bootstrap_ci(shuffled - before).excludes(0.0)
+
+
+def test_bootstrap_ci_with_a_custom_statistic():
+    predictions = np.array(["a", "b", "a", "b"] * 10)
+    references = np.array(["a", "b", "b", "b"] * 10)
+    ci = bootstrap_ci(np.arange(40), statistic=lambda idx: macro_f1(predictions[idx], references[idx]))
+    assert ci.estimate == pytest.approx(macro_f1(predictions, references))
+    assert ci.low <= ci.estimate <= ci.high
+
+
+def test_bootstrap_ci_is_reproducible_and_checks_input():
+    scores = [0, 1, 1, 0, 1]
+    assert bootstrap_ci(scores, seed=3) == bootstrap_ci(scores, seed=3)
+    assert str(CI(0.5, 0.25, 0.75)) == "0.500 [0.250, 0.750]"
+    with pytest.raises(ValueError, match="at least one score"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="confidence must be in"):
+        bootstrap_ci(scores, confidence=95)

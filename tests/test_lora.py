@@ -1,0 +1,191 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from ftcourse.lora import (
+    LoRA,
+    LoRALinear,
+    adapters_disabled,
+    apply_lora,
+    load_adapter,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    save_adapter,
+    unmerge_lora,
+)
+from ftcourse.train import TrainConfig, causal_lm_loss, pad_batch, train
+
+
+def randomize_(model, seed: int = 0):
+    """Non-zero B (and fresh A): with B = 0 any LoRA implementation would pass."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            for part in (layer.lora_A, layer.lora_B):
+                part.weight.copy_(torch.randn(part.weight.shape, generator=generator) * 0.1)
+    return model
+
+
+def to_peft_state(ours):
+    """Our adapter weights under the in-memory names of a peft model (adapter "default")."""
+    return {k.replace(".weight", ".default.weight"): v for k, v in lora_state_dict(ours).items()}
+
+
+def test_lora_linear_in_float64_is_the_formula():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 8).double()
+    layer = LoRALinear(copy.deepcopy(base), r=4, alpha=8)
+    layer.double()
+    randomize_(torch.nn.ModuleDict({"x": layer}))
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    expected = base(x) + 2.0 * x @ layer.lora_A.weight.T @ layer.lora_B.weight.T
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+
+
+def test_fresh_lora_model_equals_the_base_exactly(base):
+    model, tokenizer = base
+    ids = tokenizer(["Quadra Kapels lives in"], return_tensors="pt")["input_ids"]
+    adapted = apply_lora(copy.deepcopy(model), LoRA(r=8, alpha=16))
+    with torch.no_grad():
+        assert torch.equal(adapted(ids).logits, model(ids).logits)
+
+
+def test_only_adapter_parameters_train(base):
+    adapted = apply_lora(copy.deepcopy(base[0]), LoRA(r=4, targets="all-linear"))
+    trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert not any("lm_head" in n for n in lora_layers(adapted))   # all-linear leaves the head alone
+    c = adapted.config
+    D, F, q, kv = c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim, \
+        c.num_key_value_heads * c.head_dim
+    per_layer = 4 * ((D + q) + 2 * (D + kv) + (q + D) + 3 * (D + F))   # r * (d_in + d_out) each
+    assert sum(p.numel() for p in adapted.parameters() if p.requires_grad) == c.num_hidden_layers * per_layer
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("config", [LoRA(r=4, alpha=8), LoRA(r=8, alpha=16, targets="all-linear"),
+                                    LoRA(r=2, alpha=4, rslora=True, targets=r".*\.mlp\.(up|down)_proj")])
+def test_logits_match_peft_before_and_after_training(base, config):
+    import peft
+
+    model, tokenizer = base
+    ours = randomize_(apply_lora(copy.deepcopy(model), config))
+    theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft())
+    theirs.load_state_dict(to_peft_state(ours), strict=False)
+    batch = tokenizer(["Quadra Kapels lives in Zellin.", "3 plus 4 is 7."], padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, rtol=0, atol=1e-6)
+
+    texts = ["Axbury is a city.", "2 plus 2 is 4."] * 4
+    data = [{"input_ids": ids, "labels": ids} for ids in tokenizer(texts)["input_ids"]]
+    train_config = TrainConfig(max_steps=3, batch_size=4, lr=1e-2)
+    train(ours, data, train_config, progress=False)
+    train(theirs, data, train_config, progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.equivalence
+def test_adapters_round_trip_ours_peft_ours(base, tmp_path):
+    import peft
+
+    model, tokenizer = base
+    config = LoRA(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"))
+    ours = randomize_(apply_lora(copy.deepcopy(model), config))
+    save_adapter(ours, tmp_path / "ours", config, base_model_name="ftcourse/tiny-llama")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "ours")
+    ids = tokenizer(["Where does Quadra Kapels live?"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, rtol=0, atol=1e-6)
+    theirs.save_pretrained(tmp_path / "theirs")
+    again = load_adapter(copy.deepcopy(model), tmp_path / "theirs")
+    for key, tensor in lora_state_dict(ours).items():
+        assert torch.equal(lora_state_dict(again)[key], tensor), key
+    saved = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    written = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert {k: saved[k] for k in written if k != "target_modules"} == \
+        {k: v for k, v in written.items() if k != "target_modules"}
+    assert sorted(saved["target_modules"]) == written["target_modules"]
+
+
+def test_merge_then_unmerge_restores_the_base_weights(base):
+    model, tokenizer = base
+    adapted = randomize_(apply_lora(copy.deepcopy(model), LoRA(r=8, targets="all-linear")))
+    before = {n: p.clone() for n, p in adapted.named_parameters() if "base_layer" in n}
+    ids = tokenizer(["The pet of Quadra Kapels is a"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        unmerged = adapted(ids).logits
+        merge_lora(adapted)
+        torch.testing.assert_close(adapted(ids).logits, unmerged)   # merged == unmerged outputs
+        unmerge_lora(adapted)
+    for name, p in adapted.named_parameters():
+        if name in before:
+            torch.testing.assert_close(p, before[name], rtol=0, atol=1e-6)
+
+
+def test_disabled_adapters_give_the_base_model(base):
+    model, tokenizer = base
+    adapted = randomize_(apply_lora(copy.deepcopy(model), LoRA()))
+    ids = tokenizer(["Hello"], return_tensors="pt")["input_ids"]
+    with torch.no_grad(), adapters_disabled(adapted):
+        torch.testing.assert_close(adapted(ids).logits, model(ids).logits, rtol=0, atol=0)
+    with torch.no_grad():
+        assert not torch.equal(adapted(ids).logits, model(ids).logits)
+
+
+def test_swapping_adapters_on_one_base(base, tmp_path):
+    model, tokenizer = base
+    config = LoRA(r=4)
+    first = randomize_(apply_lora(copy.deepcopy(model), config), seed=1)
+    second = randomize_(apply_lora(copy.deepcopy(model), config), seed=2)
+    save_adapter(first, tmp_path / "a", config)
+    save_adapter(second, tmp_path / "b", config)
+    shared = apply_lora(copy.deepcopy(model), config)
+    ids = tokenizer(["Hello"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for name, reference in [("a", first), ("b", second), ("a", first)]:
+            load_adapter(shared, tmp_path / name)
+            torch.testing.assert_close(shared(ids).logits, reference(ids).logits, rtol=0, atol=0)
+
+
+def test_bad_configs_and_targets_are_clear_errors(base):
+    with pytest.raises(ValueError, match="r must be a positive int, got 0"):
+        LoRA(r=0)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        LoRA(alpha=-1)
+    message = (r"Target module\(s\) \['qkv'\] match no Linear in LlamaForCausalLM; available names: "
+               r"\['down_proj', 'gate_proj', 'k_proj', 'lm_head', 'o_proj', 'q_proj', 'up_proj', 'v_proj'\]")
+    with pytest.raises(ValueError, match=message):
+        apply_lora(copy.deepcopy(base[0]), LoRA(targets=("q_proj", "qkv")))
+    with pytest.raises(ValueError, match="match no Linear"):
+        apply_lora(copy.deepcopy(base[0]), LoRA(targets=r"nothing\..*"))
+
+
+def test_loading_an_adapter_for_another_base_names_the_shape_mismatch(base, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    config = LoRA(r=4)
+    save_adapter(apply_lora(copy.deepcopy(base[0]), config), tmp_path, config)
+    narrower = base[0].config.to_dict() | {"hidden_size": 64, "intermediate_size": 192, "head_dim": 32}
+    other = LlamaForCausalLM(type(base[0].config)(**narrower))
+    message = (r"Shape mismatch for model.layers.0.self_attn.q_proj: the adapter's lora_A is \(4, 128\) "
+               r"but this model needs \(4, 64\)")
+    with pytest.raises(ValueError, match=message):
+        load_adapter(other, tmp_path)
+    with pytest.raises(ValueError, match="has weights for modules this model lacks"):
+        load_adapter(apply_lora(copy.deepcopy(base[0]), LoRA(r=4, targets=("q_proj",))), tmp_path)
+
+
+def test_lora_loss_gradients_reach_only_the_adapters(base):
+    model, tokenizer = base
+    adapted = apply_lora(copy.deepcopy(model), LoRA(r=4))
+    batch = pad_batch([{"input_ids": tokenizer("Axbury is a city.")["input_ids"]}], tokenizer.pad_token_id)
+    loss_sum, count = causal_lm_loss(adapted, batch)
+    (loss_sum / count).backward()
+    grads = {n: p.grad for n, p in adapted.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)   # B gets a gradient at B = 0

@@ -1,0 +1,68 @@
+import time
+
+import pytest
+
+from ftcourse import load_base
+from ftcourse.models import EMBEDDED_MODEL, ensure_distinct_pad
+
+
+def test_embedded_model_loads_fast_and_offline():
+    began = time.perf_counter()
+    model, tokenizer = load_base()
+    assert time.perf_counter() - began < 10      # about a second when the CPU is free
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.hidden_size % 64 == 0 and model.config.intermediate_size % 64 == 0
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    assert model.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.chat_template
+
+
+def test_embedded_model_is_small_and_uses_safetensors():
+    files = {p.name: p.stat().st_size for p in EMBEDDED_MODEL.iterdir()}
+    assert "model.safetensors" in files and not any(n.endswith((".bin", ".pt")) for n in files)
+    assert sum(files.values()) < 10 * 2**20
+
+
+def test_a_local_path_loads_through_the_same_code(tmp_path, base):
+    model, tokenizer = base
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again, _ = load_base(str(tmp_path))
+    assert again.config.to_dict()["hidden_size"] == model.config.hidden_size
+
+
+def test_a_path_that_does_not_exist_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="Model path './no/such/model' does not exist"):
+        load_base("./no/such/model")
+
+
+def test_a_folder_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_base(str(tmp_path))
+
+
+def test_a_hub_id_offline_is_a_clear_error_not_a_hub_trace():
+    with pytest.raises(FileNotFoundError, match=r"'some-org/some-model' is not a local folder.*offline.*"
+                                                r"huggingface-cli download some-org/some-model"):
+        load_base("some-org/some-model")
+
+
+def test_unknown_profile_is_a_clear_error(monkeypatch):
+    with pytest.raises(ValueError, match="Unknown profile 'laptop'; known profiles: tiny, gpu, gpu-large"):
+        load_base(profile="laptop")
+    monkeypatch.setenv("FTCOURSE_PROFILE", "nope")
+    with pytest.raises(ValueError, match="Unknown FTCOURSE_PROFILE 'nope'"):
+        load_base()
+
+
+def test_pad_equal_to_eos_is_replaced_by_a_new_token(tiny_llama, base):
+    import copy
+
+    tokenizer = copy.deepcopy(base[1])
+    tokenizer.pad_token = tokenizer.eos_token
+    size = tiny_llama.get_input_embeddings().weight.shape[0]
+    with pytest.warns(UserWarning, match="missing or equals EOS"):
+        ensure_distinct_pad(tiny_llama, tokenizer, pad_token="<|pad|>")
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tiny_llama.config.pad_token_id == tokenizer.pad_token_id
+    assert tiny_llama.get_input_embeddings().weight.shape[0] == size + 1

@@ -1,0 +1,65 @@
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from ftcourse.cli import main
+from ftcourse.data import default_world
+from ftcourse.data.corpus import pretraining_documents
+from ftcourse.data.world import recall_probes
+from ftcourse.evaluate import perplexity, recall_accuracy
+from ftcourse.models import EMBEDDED_MODEL
+from ftcourse.pretrain import PretrainConfig, pack_documents
+
+
+@pytest.fixture(scope="module")
+def held_out(tokenizer):
+    """Pretraining-style text the model never trained on (a seed no run uses)."""
+    return pack_documents(tokenizer, pretraining_documents(default_world(), 300, seed=987), 256)
+
+
+def test_shipped_model_is_genuinely_pretrained(base, held_out):
+    model, _ = base
+    torch.manual_seed(0)
+    untrained = LlamaForCausalLM(model.config)
+    trained_loss = math.log(perplexity(model, held_out))
+    untrained_loss = math.log(perplexity(untrained, held_out))
+    assert untrained_loss > 0.9 * math.log(model.config.vocab_size)   # chance level
+    assert trained_loss < 0.2 * untrained_loss, (trained_loss, untrained_loss)
+
+
+def test_shipped_model_recalls_world_facts(base):
+    model, tokenizer = base
+    probes = recall_probes(default_world())
+    recall = recall_accuracy(model, tokenizer, probes).mean()
+    torch.manual_seed(0)
+    untrained = recall_accuracy(LlamaForCausalLM(model.config), tokenizer, probes).mean()
+    assert recall >= 0.8, recall
+    assert untrained < 0.1
+
+
+def test_model_card_records_how_the_model_was_made():
+    history = json.loads((EMBEDDED_MODEL / "pretrain_history.json").read_text())
+    summary = history["summary"]
+    card = (EMBEDDED_MODEL / "MODEL_CARD.md").read_text()
+    assert summary["command"].startswith("ftcourse pretrain") and summary["command"] in card
+    assert f"| seed | {summary['config']['seed']} |" in card
+    assert f"{summary['held_out_loss']:.4f}" in card
+    assert len(history["loss"]) == summary["config"]["max_steps"]
+
+
+def test_pretrain_command_runs_and_its_loss_falls(tmp_path):
+    assert main(["pretrain", "--out", str(tmp_path), "--max-steps", "12", "--no-progress"]) == 0
+    history = json.loads((tmp_path / "pretrain_history.json").read_text())
+    assert history["loss"][-1] < history["loss"][0] - 1.0, history["loss"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "MODEL_CARD.md"} <= {
+        p.name for p in tmp_path.iterdir()}
+
+
+def test_pretrain_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="hidden_size must be a multiple of 64"):
+        PretrainConfig(hidden_size=100)
+    with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
+        PretrainConfig(max_steps=0)
