@@ -15,7 +15,6 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: setup book test lint clean
 
