@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = tuple(f"<|{role}|>" for role in ROLES) + ("<|end|>",)
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -117,3 +119,33 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> lis
         row["labels"] += [-100] + example["labels"][1:]
         row["position_ids"] += list(range(n))
     return rows
+
+
+def packed_attention_mask(position_ids: Sequence[int]) -> torch.Tensor:
+    """(T, T) booleans for one packed row: token i may attend to token j when both belong to the
+    same example (positions restart at 0 for each) and j <= i. The mask transformers builds."""
+    segment = torch.cumsum(torch.tensor(position_ids) == 0, dim=0)
+    causal = torch.ones(len(position_ids), len(position_ids), dtype=torch.bool).tril()
+    return causal & (segment[:, None] == segment[None, :])
+
+
+def tokenize_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str) -> dict[str, list[int]]:
+    """A preference pair as two chats sharing the prompt: `chosen_*` and `rejected_*` input ids and
+    labels (the answer and its EOS), the layout reward models and DPO train on."""
+    if chosen.strip() == rejected.strip():
+        raise ValueError(f"Preference pair for prompt {prompt[:60]!r}: chosen and rejected are the same "
+                         f"answer ({chosen[:60]!r}), so there is no preference to learn; drop the pair.")
+    pair = {}
+    for side, answer in (("chosen", chosen), ("rejected", rejected)):
+        example = tokenize_example(tokenizer, prompt, answer)
+        pair[f"{side}_input_ids"], pair[f"{side}_labels"] = example["input_ids"], example["labels"]
+    return pair
+
+
+def pad_pairs(pairs: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch of B pairs as 2B right-padded rows: the chosen answers first, then the rejected."""
+    from ftcourse.train import pad_batch
+
+    rows = [{"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
+            for side in ("chosen", "rejected") for p in pairs]
+    return pad_batch(rows, pad_id)

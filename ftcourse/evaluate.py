@@ -33,6 +33,14 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> np.nda
     return np.array([float(normalize(p) == normalize(r)) for p, r in zip(predictions, references)])
 
 
+def mentions_answer(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """1.0 where the reference appears as whole words in the prediction ("... lives in Pelmora"
+    mentions "Pelmora"): correctness for answers given in a sentence rather than a word."""
+    _same_length(predictions, references)
+    return np.array([float(f" {normalize(r)} " in f" {_rouge_tokens_joined(p)} ")
+                     for p, r in zip(predictions, references)])
+
+
 def accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Share of exact (normalised) matches."""
     return float(exact_match(predictions, references).mean())
@@ -60,6 +68,10 @@ def _rouge_tokens(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
+def _rouge_tokens_joined(text: str) -> str:
+    return " ".join(_rouge_tokens(text))
+
+
 def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     previous = [0] * (len(b) + 1)
     for token in a:
@@ -82,7 +94,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray
 
 
 METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]] = {
-    "exact_match": exact_match, "rouge_l": rouge_l}
+    "exact_match": exact_match, "rouge_l": rouge_l, "mentions_answer": mentions_answer}
 
 
 @torch.no_grad()

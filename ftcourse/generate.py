@@ -30,21 +30,19 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, chat: bool = True,
-             max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[str]:
-    """Continue each prompt; return the new text only, cut at EOS, without special tokens.
+def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[list[int]]:
+    """New token ids for each tokenized prompt, up to and including the first EOS.
 
     Args:
-        prompts: instructions (chat=True: wrapped in the chat template) or raw text (chat=False).
         do_sample: False for greedy decoding; True samples with `temperature` and `top_p`,
             reproducibly for a given `seed`.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    encoded = [prompt_ids(tokenizer, p) if chat else tokenizer(p)["input_ids"] for p in prompts]
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is not None and (too_long := [i for i, ids in enumerate(encoded)
+    if limit is not None and (too_long := [i for i, ids in enumerate(prompts)
                                            if len(ids) + max_new_tokens > limit]):
         raise ValueError(f"{len(too_long)} prompt(s) (first: index {too_long[0]}) plus "
                          f"max_new_tokens={max_new_tokens} exceed the model's {limit} positions; "
@@ -52,11 +50,11 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, chat: 
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else \
         {"do_sample": False}
     device = next(model.parameters()).device
-    texts: list[str] = []
+    completions: list[list[int]] = []
     was_training = model.training
     model.eval()
-    for start in range(0, len(encoded), batch_size):
-        input_ids, attention_mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id)
+    for start in range(0, len(prompts), batch_size):
+        input_ids, attention_mask = left_pad(prompts[start:start + batch_size], tokenizer.pad_token_id)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + start)  # seeds the CPU and CUDA generators
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -64,7 +62,20 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, chat: 
                                     eos_token_id=tokenizer.eos_token_id, top_k=None, **sampling)
         for row in output[:, input_ids.shape[1]:].tolist():
             if tokenizer.eos_token_id in row:
-                row = row[:row.index(tokenizer.eos_token_id)]
-            texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+                row = row[:row.index(tokenizer.eos_token_id) + 1]
+            completions.append(row)
     model.train(was_training)
-    return texts
+    return completions
+
+
+def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, chat: bool = True,
+             **options: Any) -> list[str]:
+    """Continue each prompt; return the new text only, cut at EOS, without special tokens.
+
+    Args:
+        prompts: instructions (chat=True: wrapped in the chat template) or raw text (chat=False).
+        options: max_new_tokens, do_sample, temperature, top_p, seed, batch_size (`generate_ids`).
+    """
+    encoded = [prompt_ids(tokenizer, p) if chat else tokenizer(p)["input_ids"] for p in prompts]
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for ids in generate_ids(model, tokenizer, encoded, **options)]

@@ -25,8 +25,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-# loss_fn(model, batch) -> (sum of per-item losses, number of items) for one micro-batch.
-LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]]
+# loss_fn(model, batch) -> (sum of per-item losses, number of items) for one micro-batch, and
+# optionally a dict of other per-item sums to log as means (e.g. DPO's reward accuracy).
+LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, ...]]
 CHECKPOINT_PREFIX = "step-"
 
 
@@ -113,6 +114,15 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
     loss_sum = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                            labels.reshape(-1), ignore_index=-100, reduction="sum")
     return loss_sum, (labels != -100).sum()
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    """log p(label_{t+1} | tokens <= t) per position, (B, T-1); 0 where the label is -100."""
+    labels = labels[:, 1:]
+    mask = labels != -100
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask
 
 
 def pad_batch(examples: Sequence[dict[str, Sequence[int]]], pad_id: int) -> dict[str, Tensor]:
@@ -281,26 +291,20 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     began = time.perf_counter()
     for step in bar:
         mine = order[(step * world + rank) * per_process:(step * world + rank + 1) * per_process]
-        loss_sum, count, tokens = torch.zeros(()), torch.zeros(()), 0
-        for micro in range(config.grad_accum_steps):
-            indices = mine[micro * config.batch_size:(micro + 1) * config.batch_size]
-            batch = {k: v.to(accelerator.device) for k, v in collate([data[i] for i in indices]).items()}
-            mask = batch.get("attention_mask")
-            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            last = micro == config.grad_accum_steps - 1
-            with accelerator.autocast(), (accelerator.no_sync(wrapped) if not last else nullcontext()):
-                micro_sum, micro_count = loss_fn(wrapped, batch)
-                accelerator.backward(micro_sum)
-            loss_sum += micro_sum.detach().float().cpu()
-            count += micro_count.detach().float().cpu()
+        batches = [collate([data[i] for i in mine[start:start + config.batch_size]])
+                   for start in range(0, per_process, config.batch_size)]
+        sums, tokens = _accumulate(wrapped, accelerator, loss_fn, batches)
         # Gradients hold summed losses, averaged over processes by DDP; make them a global mean.
-        totals = accelerator.reduce(torch.stack([loss_sum, count]).to(accelerator.device), "sum").cpu()
-        if totals[1] == 0:
+        names = sorted(sums)
+        totals = dict(zip(names, accelerator.reduce(torch.stack([sums[n] for n in names]).to(
+            accelerator.device), "sum").cpu().tolist()))
+        count = totals.pop("count")
+        if count == 0:
             raise ValueError(f"Step {step + 1} has no items to learn from (every label is -100); "
                              "check the label masking of the data.")
         for p in params:
             if p.grad is not None:
-                p.grad.mul_(world / totals[1].item())
+                p.grad.mul_(world / count)
         grad_norm = (accelerator.clip_grad_norm_(params, config.max_grad_norm)
                      if config.max_grad_norm is not None else torch.tensor(float("nan")))
         optimizer.step()
@@ -308,7 +312,7 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
         optimizer.zero_grad(set_to_none=True)
 
         result.tokens += tokens * world
-        record = {"step": step + 1, "loss": (totals[0] / totals[1]).item(),
+        record = {"step": step + 1, **{name: value / count for name, value in totals.items()},
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -325,6 +329,25 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     bar.close()
     model.eval()
     return result
+
+
+def _accumulate(model: nn.Module, accelerator: Any, loss_fn: LossFn,
+                batches: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], int]:
+    """Forward and backward over the micro-batches of one step; return the summed loss, item
+    count and extra metrics, and the number of tokens seen. DDP syncs only on the last one."""
+    sums: dict[str, Tensor] = {}
+    tokens = 0
+    for index, batch in enumerate(batches):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        mask = batch.get("attention_mask")
+        tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        last = index == len(batches) - 1
+        with accelerator.autocast(), (accelerator.no_sync(model) if not last else nullcontext()):
+            loss_sum, count, *extra = loss_fn(model, batch)
+            accelerator.backward(loss_sum)
+        for name, value in {"loss": loss_sum, "count": count, **(extra[0] if extra else {})}.items():
+            sums[name] = sums.get(name, torch.zeros(())) + value.detach().float().cpu()
+    return sums, tokens
 
 
 def _evaluate(model: nn.Module, eval_fn: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:

@@ -37,8 +37,11 @@ def test_preference_pairs_follow_the_question_splits():
     pairs = synthetic_rows("preferences")
     for split in questions:
         assert [r["instruction"] for r in questions[split]] == [p["prompt"] for p in pairs[split]]
-        assert all(p["chosen"] == q["response"] for p, q in zip(pairs[split], questions[split]))
+        assert all(p["chosen"].endswith(q["response"] + ".") or q["response"] in p["chosen"]
+                   for p, q in zip(pairs[split], questions[split]))
         assert all(p["chosen"] != p["rejected"] for p in pairs[split])
+    kinds = [p["kind"] for split in pairs.values() for p in split]
+    assert {kinds.count(k) / len(kinds) > 0.25 for k in ("terse", "wrong_fact", "unhelpful")} == {True}
 
 
 def test_newcomers_are_absent_from_pretraining():

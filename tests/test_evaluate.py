@@ -97,3 +97,11 @@ def test_bootstrap_ci_is_reproducible_and_checks_input():
         bootstrap_ci([])
     with pytest.raises(ValueError, match="confidence must be in"):
         bootstrap_ci(scores, confidence=95)
+
+
+def test_mentions_answer_matches_whole_words_only():
+    from ftcourse.evaluate import mentions_answer
+
+    scores = mentions_answer(["Venka lives in Tessaly.", "a copilot", "Pelmora, of course", ""],
+                             ["tessaly", "pilot", "Pelmora", "x"])
+    assert scores.tolist() == [1.0, 0.0, 1.0, 0.0]

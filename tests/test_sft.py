@@ -141,3 +141,12 @@ def test_finetune_lowers_the_loss_on_the_responses(base, rows):
 def test_finetune_rejects_an_unknown_method(base, rows):
     with pytest.raises(ValueError, match="Unknown method 'magic'; available methods: full, lora"):
         finetune(base[0], base[1], rows, "magic")
+
+
+def test_packed_attention_mask_is_block_diagonal_and_causal():
+    from ftcourse.chat import packed_attention_mask
+
+    mask = packed_attention_mask([0, 1, 2, 0, 1])
+    expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
+                             [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)

@@ -163,23 +163,30 @@ def routing_requests(seed: int, variants: int = 3) -> dict[str, list[dict]]:
 
 UNHELPFUL = ("I do not know.", "That is a good question.", "I would rather not say.",
              "Please ask someone else.")
+REJECTED_KINDS = ("terse", "wrong_fact", "unhelpful")
 
 
 def preference_pairs(world: World, seed: int) -> dict[str, list[dict]]:
-    """(prompt, chosen, rejected): the chosen answer is the true fact, the rejected one is
-    either another value of the same attribute ("wrong_fact") or an evasion ("unhelpful").
-    A pair's question is in the same split as in `fact_questions`, so the splits agree."""
+    """(prompt, chosen, rejected, kind): the chosen answer states the true fact in a full sentence
+    ("Quadra Kapels lives in Pelmora."); the rejected one is, in equal shares, the bare value
+    ("terse": right but curt, the style an SFT model learns), the sentence with a wrong value
+    ("wrong_fact"), or an evasion ("unhelpful"). Each question is in the same split as in
+    `fact_questions`, so the splits of all tasks about the world agree."""
     rng = random.Random(seed + 5)
     pairs: dict[str, list[dict]] = {}
     for split, asked in _asked_facts(world, seed).items():
         pairs[split] = []
         for person, attribute, text in asked:
-            true = person.facts[attribute]
-            if rng.random() < 0.5:
-                wrong, kind = rng.choice([v for v in ATTRIBUTES[attribute] if v != true]), "wrong_fact"
+            kind = rng.choice(REJECTED_KINDS)
+            if kind == "terse":
+                rejected = person.facts[attribute]
+            elif kind == "wrong_fact":
+                wrong = rng.choice([v for v in ATTRIBUTES[attribute] if v != person.facts[attribute]])
+                rejected = statement(Person(person.name, {**person.facts, attribute: wrong}), attribute, 0)
             else:
-                wrong, kind = rng.choice(UNHELPFUL), "unhelpful"
-            pairs[split].append({"prompt": text, "chosen": true, "rejected": wrong, "kind": kind})
+                rejected = rng.choice(UNHELPFUL)
+            pairs[split].append({"prompt": text, "chosen": statement(person, attribute, 0),
+                                 "rejected": rejected, "kind": kind})
     return pairs
 
 

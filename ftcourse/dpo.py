@@ -1,0 +1,108 @@
+"""DPO: learning from preferences with no reward model (Rafailov et al. 2023, arXiv:2305.18290, eq. 7).
+
+loss = -log sigmoid(beta * [(log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))])
+The policy pi is trained to raise the chosen answer's likelihood relative to a frozen reference
+and to lower the rejected one's; beta * (log pi - log ref) is the "implicit reward", logged with
+its accuracy and margin. With a LoRA policy the reference is the same model with its adapters
+switched off: no second copy of the weights.
+Library twin: trl.DPOTrainer; tests/test_dpo.py compares the loss, rewards and log-probs.
+Shapes: B pairs; a batch holds 2B rows, the chosen answers first (`ftcourse.chat.pad_pairs`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ftcourse.chat import pad_pairs, tokenize_pair
+from ftcourse.data.checks import require_fields
+from ftcourse.lora import adapters_disabled, lora_layers
+from ftcourse.train import TrainConfig, TrainResult, token_logprobs, train
+
+
+@dataclass(frozen=True)
+class DPO:
+    """How strongly the policy may move away from the reference: small beta, far."""
+
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"DPO.beta must be > 0, got {self.beta!r}; 0.1 is the usual start.")
+
+
+def sequence_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """log p(answer | prompt) per row: the log-probs of the labelled tokens, summed. (2B,)"""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return token_logprobs(logits, batch["labels"]).sum(-1)
+
+
+def dpo_loss(pi_chosen: Tensor, pi_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+             beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair DPO losses and the implicit rewards beta * (log pi - log ref) of both answers.
+
+    Args:
+        pi_chosen: summed log-probs of the chosen answers under the policy, shape (B,).
+    """
+    chosen_rewards = beta * (pi_chosen - ref_chosen)
+    rejected_rewards = beta * (pi_rejected - ref_rejected)
+    return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
+
+
+def dpo_loss_fn(reference: nn.Module | None, beta: float):
+    """A loss for the training loop; reference None means "the policy with its adapters off"."""
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)
+        with torch.no_grad():
+            if reference is None:
+                with adapters_disabled(model):
+                    ref_chosen, ref_rejected = sequence_logprobs(model, batch).chunk(2)
+            else:
+                ref_chosen, ref_rejected = sequence_logprobs(reference, batch).chunk(2)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(pi_chosen, pi_rejected, ref_chosen,
+                                                            ref_rejected, beta)
+        margins = (chosen_rewards - rejected_rewards).detach()
+        metrics = {"reward_accuracy": (margins > 0).float().sum(), "reward_margin": margins.sum(),
+                   "chosen_reward": chosen_rewards.detach().sum()}
+        return losses.sum(), torch.tensor(float(len(losses))), metrics
+    return loss_fn
+
+
+def tokenize_pairs(tokenizer: Any, pairs: Any) -> list[dict[str, list[int]]]:
+    """Rows with prompt / chosen / rejected, checked and tokenized as two chats each."""
+    require_fields(pairs, ("prompt", "chosen", "rejected"), name="preference data")
+    return [tokenize_pair(tokenizer, p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+
+
+def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig, dpo: DPO = DPO(), *,
+              reference: nn.Module | None = None, progress: bool = True) -> TrainResult:
+    """Train `policy` with DPO on preference pairs. Without a `reference`, a LoRA policy uses
+    itself with adapters off, any other policy a frozen copy of itself taken now."""
+    if reference is None and not lora_layers(policy):
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    return train(policy, tokenize_pairs(tokenizer, pairs), config,
+                 loss_fn=dpo_loss_fn(reference, dpo.beta),
+                 collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
+                 description="dpo")
+
+
+@torch.no_grad()
+def preference_accuracy(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
+    """1.0 for each pair whose chosen answer the model finds more likely than the rejected one."""
+    tokenized = tokenize_pairs(tokenizer, pairs)
+    was_training = model.training
+    model.eval()
+    correct = []
+    for start in range(0, len(tokenized), batch_size):
+        batch = pad_pairs(tokenized[start:start + batch_size], tokenizer.pad_token_id)
+        chosen, rejected = sequence_logprobs(model, batch).chunk(2)
+        correct += (chosen > rejected).float().tolist()
+    model.train(was_training)
+    return np.array(correct)

@@ -1,0 +1,124 @@
+"""Reward models: a language model with a scalar head, trained on preference pairs.
+
+Bradley-Terry: P(chosen preferred to rejected) = sigmoid(r(x, y_c) - r(x, y_r)), so the loss is
+-log sigmoid(r_c - r_r - margin) (InstructGPT, Ouyang et al. 2022; the margin as in Llama 2). The
+reward of a whole answer is read from the last token of prompt + answer, its EOS.
+Library twin: trl.RewardTrainer on transformers' LlamaForSequenceClassification, whose weight
+names `RewardModel` shares; tests/test_reward.py compares losses on the same batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ftcourse.chat import messages, pad_pairs
+from ftcourse.dpo import tokenize_pairs
+from ftcourse.train import TrainConfig, TrainResult, train
+
+
+class RewardModel(nn.Module):
+    """The transformer body of a causal LM (`model`) and a linear `score` head, hidden -> 1."""
+
+    def __init__(self, backbone: nn.Module, config: Any):
+        super().__init__()
+        self.config = config
+        self.model = backbone
+        self.score = nn.Linear(config.hidden_size, 1, bias=False)
+
+    @classmethod
+    def from_causal_lm(cls, lm: nn.Module, seed: int = 0) -> RewardModel:
+        """A reward model that starts from a copy of `lm`'s body and a small random head."""
+        reward_model = cls(copy.deepcopy(lm.model), lm.config)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            reward_model.score.weight.normal_(0.0, lm.config.initializer_range, generator=generator)
+        return reward_model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Rewards (B,) for right-padded rows (B, T): the head applied at each row's last token."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(-1) - 1                       # index of the last real token
+        return self.score(hidden[torch.arange(len(hidden)), last]).squeeze(-1)
+
+
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | float = 0.0) -> Tensor:
+    """Per-pair loss -log sigmoid(r_c - r_r - margin), shape (B,)."""
+    return -F.logsigmoid(chosen - rejected - margin)
+
+
+def reward_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The training loop's loss for pair batches, with pairwise accuracy and margin logged."""
+    chosen, rejected = model(batch["input_ids"], batch["attention_mask"]).chunk(2)
+    losses = bradley_terry_loss(chosen, rejected)
+    margins = (chosen - rejected).detach()
+    return losses.sum(), torch.tensor(float(len(losses))), {
+        "accuracy": (margins > 0).float().sum(), "margin": margins.sum()}
+
+
+def train_reward_model(lm: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig, *,
+                       progress: bool = True) -> tuple[RewardModel, TrainResult]:
+    """A reward model initialised from `lm` and trained on preference pairs."""
+    model = RewardModel.from_causal_lm(lm, seed=config.seed)
+    result = train(model, tokenize_pairs(tokenizer, pairs), config, loss_fn=reward_loss,
+                   collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
+                   description="reward model")
+    return model, result
+
+
+@torch.no_grad()
+def reward_margins(model: RewardModel, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
+    """r(chosen) - r(rejected) for each pair: positive where the model agrees with the label."""
+    tokenized = tokenize_pairs(tokenizer, pairs)
+    model.eval()
+    margins: list[float] = []
+    for start in range(0, len(tokenized), batch_size):
+        batch = pad_pairs(tokenized[start:start + batch_size], tokenizer.pad_token_id)
+        chosen, rejected = model(batch["input_ids"], batch["attention_mask"]).chunk(2)
+        margins += (chosen - rejected).tolist()
+    return np.array(margins)
+
+
+@torch.no_grad()
+def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int,
+                    batch_size: int = 64) -> Tensor:
+    """The reward of each token sequence (prompt + answer), read at its last token."""
+    from ftcourse.train import pad_batch
+
+    model.eval()
+    scores = []
+    for start in range(0, len(sequences), batch_size):
+        batch = pad_batch([{"input_ids": s} for s in sequences[start:start + batch_size]], pad_id)
+        scores.append(model(batch["input_ids"], batch["attention_mask"]))
+    return torch.cat(scores)
+
+
+def score_answers(model: RewardModel, tokenizer: Any, prompts: list[str], answers: list[str]) -> Tensor:
+    """The reward of each answer to its prompt, rendered as a chat (empty answers allowed)."""
+    chats = [tokenizer.apply_chat_template(messages(prompt, answer), return_dict=False)
+             for prompt, answer in zip(prompts, answers)]
+    return score_sequences(model, chats, tokenizer.pad_token_id)
+
+
+def from_sequence_classifier(classifier: Any) -> RewardModel:
+    """A transformers LlamaForSequenceClassification (num_labels=1) as a `RewardModel`, sharing weights."""
+    reward_model = RewardModel(classifier.model, classifier.config)
+    reward_model.score = classifier.score
+    return reward_model
+
+
+def to_sequence_classifier(model: RewardModel) -> Any:
+    """The same weights in transformers' LlamaForSequenceClassification (num_labels=1)."""
+    from transformers import LlamaForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    config.num_labels = 1
+    classifier = LlamaForSequenceClassification(config)
+    classifier.load_state_dict(model.state_dict(), strict=True)
+    return classifier.eval()

@@ -1,0 +1,84 @@
+import copy
+
+import pytest
+import torch
+
+from ftcourse.chat import pad_pairs, tokenize_pair
+from ftcourse.data import load_task
+from ftcourse.reward import (
+    RewardModel,
+    bradley_terry_loss,
+    reward_loss,
+    reward_margins,
+    to_sequence_classifier,
+    train_reward_model,
+)
+from ftcourse.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return [dict(r) for r in load_task("preferences")["train"].select(range(8))]
+
+
+def test_bradley_terry_loss_in_float64_is_the_formula():
+    chosen = torch.tensor([2.0, 0.5, -1.0], dtype=torch.float64)
+    rejected = torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64)
+    expected = torch.log1p(torch.exp(-(chosen - rejected - 0.25)))
+    torch.testing.assert_close(bradley_terry_loss(chosen, rejected, 0.25), expected, rtol=0, atol=1e-12)
+
+
+def test_reward_is_read_at_the_last_real_token(base, pairs):
+    model, tokenizer = base
+    reward_model = RewardModel.from_causal_lm(model).eval()
+    pair = tokenize_pair(tokenizer, pairs[0]["prompt"], pairs[0]["chosen"], pairs[0]["rejected"])
+    alone = torch.tensor([pair["chosen_input_ids"]])
+    with torch.no_grad():
+        single = reward_model(alone, torch.ones_like(alone))
+        batch = pad_pairs([pair], tokenizer.pad_token_id)
+        padded = reward_model(batch["input_ids"], batch["attention_mask"])[0]
+    torch.testing.assert_close(padded, single[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.equivalence
+def test_reward_loss_matches_trl_reward_trainer(base, pairs, tmp_path):
+    import datasets
+    from trl import RewardConfig, RewardTrainer
+
+    model, tokenizer = base
+    ours = RewardModel.from_causal_lm(model, seed=3).eval()
+    theirs = to_sequence_classifier(ours)
+    dataset = datasets.Dataset.from_list([
+        {"prompt": [{"role": "user", "content": p["prompt"]}],
+         "chosen": [{"role": "assistant", "content": p["chosen"]}],
+         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False,
+                        per_device_train_batch_size=len(pairs), max_length=None, dataset_num_proc=None,
+                        gradient_checkpointing=False)
+    trainer = RewardTrainer(model=theirs, args=args, train_dataset=dataset, processing_class=tokenizer)
+    tokenized = [tokenize_pair(tokenizer, p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+    assert [t["chosen_input_ids"] for t in tokenized] == trainer.train_dataset["chosen_ids"]
+    assert [t["rejected_input_ids"] for t in tokenized] == trainer.train_dataset["rejected_ids"]
+    trl_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, dict(trl_batch))
+        loss_sum, count, _ = reward_loss(ours, pad_pairs(tokenized, tokenizer.pad_token_id))
+    torch.testing.assert_close(loss_sum / count, trl_loss, rtol=0, atol=1e-6)
+
+
+def test_training_separates_chosen_from_rejected(base):
+    model, tokenizer = base
+    data = load_task("preferences")
+    reward_model, result = train_reward_model(copy.deepcopy(model), tokenizer, data["train"],
+                                              TrainConfig(epochs=2, batch_size=16, lr=1e-3), progress=False)
+    accuracy = [h["accuracy"] for h in result.history]
+    assert sum(accuracy[-5:]) / 5 > sum(accuracy[:5]) / 5
+    assert (reward_margins(reward_model, tokenizer, data["validation"]) > 0).mean() > 0.7
+
+
+def test_bad_pairs_are_clear_errors(base):
+    _, tokenizer = base
+    with pytest.raises(ValueError, match="chosen and rejected are the same answer"):
+        tokenize_pair(tokenizer, "Where does X live?", "Pelmora", " Pelmora ")
+    with pytest.raises(ValueError, match=r"row 0 has no field 'rejected'"):
+        reward_margins(None, tokenizer, [{"prompt": "q", "chosen": "a"}])
