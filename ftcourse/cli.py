@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=[t for t, f in TASK_FIELDS.items() if "instruction" in f])
     finetune.add_argument("--model", default=None,
                           help="base model: hub id or folder (default: the profile's)")
+    finetune.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (lora, qlora)")
+    finetune.add_argument("--lora-alpha", type=positive_float, default=16.0,
+                          help="LoRA alpha (lora, qlora)")
+    finetune.add_argument("--lora-targets", default=None,
+                          help="comma-separated module names, or all-linear (default: q_proj,v_proj "
+                               "for lora, all-linear for qlora)")
     finetune.add_argument("--epochs", type=positive_float, default=3.0)
     finetune.add_argument("--lr", type=positive_float, default=1e-3)
     finetune.add_argument("--batch-size", type=positive_int, default=16)
@@ -114,7 +120,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         test_by_task = {task: rows[:args.limit] for task, rows in test_by_task.items()}
     before = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    model, result = finetune(model, tokenizer, data["train"], args.method, config,
+    model, result = finetune(model, tokenizer, data["train"], method_from_args(args), config,
                              progress=not args.no_progress)
     after = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     print(f"{args.method} fine-tuning on {args.task}: {len(result.history)} steps, "
@@ -123,11 +129,29 @@ def run_finetune(args: argparse.Namespace) -> int:
     for task in test_by_task:
         print(f"{task:<12} {after[task].metric:<12} {len(after[task].scores):>4}  "
               f"{before[task].ci!s:>22}  {after[task].ci!s:>22}")
-    if args.out:
+    if args.out and args.method in ("lora", "qlora"):
+        from ftcourse.lora import save_adapter
+
+        method = method_from_args(args)
+        save_adapter(model, args.out, getattr(method, "lora", method), base_model_name=args.model)
+        print(f"saved the adapter to {args.out}")
+    elif args.out:
         model.save_pretrained(args.out, safe_serialization=True)
         tokenizer.save_pretrained(args.out)
         print(f"saved to {args.out}")
     return 0
+
+
+def method_from_args(args: argparse.Namespace):
+    """The method config the command line asks for."""
+    from ftcourse.methods import METHODS, get_method
+
+    if args.method in ("lora", "qlora"):
+        targets = args.lora_targets or {"lora": "q_proj,v_proj", "qlora": "all-linear"}[args.method]
+        if targets != "all-linear":
+            targets = tuple(name.strip() for name in targets.split(","))
+        return METHODS[args.method](r=args.lora_r, alpha=args.lora_alpha, targets=targets)
+    return get_method(args.method)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

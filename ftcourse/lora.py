@@ -79,9 +79,9 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base_layer = base_layer.requires_grad_(False)
         self.r, self.scaling = r, alpha / math.sqrt(r) if rslora else alpha / r
-        # Half-precision bases get float32 adapters, as peft does (autocast_adapter_dtype).
-        dtype = torch.float32 if base_layer.weight.dtype in (torch.float16, torch.bfloat16) \
-            else base_layer.weight.dtype
+        # Half-precision and 4-bit bases get float32 adapters, as peft does (autocast_adapter_dtype).
+        dtype = base_layer.weight.dtype if base_layer.weight.dtype in (torch.float32, torch.float64) \
+            else torch.float32
         device = base_layer.weight.device
         self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=device, dtype=dtype)
         self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=device, dtype=dtype)
@@ -105,6 +105,9 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """W0 <- W0 + scaling * B A: the same outputs with one matmul instead of three."""
+        if not self.base_layer.weight.is_floating_point():
+            raise TypeError("Cannot merge into a quantized base layer in place: use "
+                            "ftcourse.qlora.merge_into_4bit (lossy) or ftcourse.qlora.dequantize first.")
         if not self.merged:
             self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
             self.merged = True
@@ -118,6 +121,19 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+def count_lora_parameters(model_config: Any, config: LoRA) -> int:
+    """Trainable parameters of `config` on a Llama-family model, from its config alone:
+    r * (d_in + d_out) for each adapted linear layer of each transformer layer."""
+    from ftcourse.params import config_value, linear_shapes
+
+    shapes = linear_shapes(model_config)
+    if isinstance(config.targets, str) and config.targets != "all-linear":
+        raise ValueError("count_lora_parameters takes module names or 'all-linear'; for a regex, apply "
+                         "the LoRA to a model and count its trainable parameters.")
+    names = list(shapes) if config.targets == "all-linear" else [n for n in shapes if n in config.targets]
+    return config_value(model_config, "num_hidden_layers") * sum(config.r * sum(shapes[n]) for n in names)
 
 
 # ---------------------------------------------------------------- surgery

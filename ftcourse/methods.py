@@ -14,6 +14,7 @@ from typing import Protocol
 from torch import nn
 
 from ftcourse.lora import LoRA
+from ftcourse.qlora import QLoRA
 
 
 class Method(Protocol):
@@ -34,7 +35,7 @@ class Full:
         return model
 
 
-METHODS: dict[str, type] = {"full": Full, "lora": LoRA}
+METHODS: dict[str, type] = {"full": Full, "lora": LoRA, "qlora": QLoRA}
 
 
 def get_method(method: str | Method) -> Method:

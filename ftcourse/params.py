@@ -10,6 +10,7 @@ the embedding, an LM head (V x D). Tested against sum(p.numel()) of the instanti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 # Public configuration facts of real models (from their config.json on the hub), with the
@@ -70,33 +71,34 @@ class ParameterCount:
                 "norms": self.norms, "lm_head": self.lm_head, "total": self.total}
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """A field of a config given as a dict or as a transformers config object."""
     return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+def linear_shapes(config: Any) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of each linear layer of one transformer layer, by its HF name."""
+    get = partial(config_value, config)
+    D, F, H = get("hidden_size"), get("intermediate_size"), get("num_attention_heads")
+    K, hd = get("num_key_value_heads") or H, get("head_dim") or D // H
+    return {"q_proj": (D, H * hd), "k_proj": (D, K * hd), "v_proj": (D, K * hd), "o_proj": (H * hd, D),
+            "gate_proj": (D, F), "up_proj": (D, F), "down_proj": (F, D)}
 
 
 def count_parameters(config: Any) -> ParameterCount:
     """Parameter counts of a Llama-family model from its config (a dict or a transformers config)."""
-    V, D, F = _get(config, "vocab_size"), _get(config, "hidden_size"), _get(config, "intermediate_size")
-    L, H = _get(config, "num_hidden_layers"), _get(config, "num_attention_heads")
-    K = _get(config, "num_key_value_heads") or H
-    hd = _get(config, "head_dim") or D // H
-    qkv_bias = bool(_get(config, "qkv_bias") or _get(config, "attention_bias")
-                    or _get(config, "model_type") == "qwen2")
-    o_bias = bool(_get(config, "attention_bias"))
-    mlp_bias = bool(_get(config, "mlp_bias"))
-    per_layer = {
-        "q_proj": D * H * hd + (H * hd if qkv_bias else 0),
-        "k_proj": D * K * hd + (K * hd if qkv_bias else 0),
-        "v_proj": D * K * hd + (K * hd if qkv_bias else 0),
-        "o_proj": H * hd * D + (D if o_bias else 0),
-        "gate_proj": D * F + (F if mlp_bias else 0),
-        "up_proj": D * F + (F if mlp_bias else 0),
-        "down_proj": F * D + (D if mlp_bias else 0),
-        "norms": 2 * D,
-    }
+    get = partial(config_value, config)
+    V, D, L = get("vocab_size"), get("hidden_size"), get("num_hidden_layers")
+    qkv_bias = bool(get("qkv_bias") or get("attention_bias") or get("model_type") == "qwen2")
+    biased = {**dict.fromkeys(("q_proj", "k_proj", "v_proj"), qkv_bias),
+              "o_proj": bool(get("attention_bias")),
+              **dict.fromkeys(("gate_proj", "up_proj", "down_proj"), bool(get("mlp_bias")))}
+    per_layer = {name: d_in * d_out + (d_out if biased[name] else 0)
+                 for name, (d_in, d_out) in linear_shapes(config).items()}
+    per_layer["norms"] = 2 * D
     attention = sum(per_layer[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj"))
     ffn = sum(per_layer[k] for k in ("gate_proj", "up_proj", "down_proj"))
-    tied = _get(config, "tie_word_embeddings", False)
+    tied = get("tie_word_embeddings", False)
     return ParameterCount(embeddings=V * D, attention=L * attention, ffn=L * ffn,
                           norms=L * per_layer["norms"] + D, lm_head=0 if tied else V * D,
                           per_layer=per_layer)
@@ -111,9 +113,9 @@ def flops_per_token(config: Any, seq_len: int) -> dict[str, float]:
     computes gradients for inputs and weights: 2x).
     """
     counts = count_parameters(config)
-    D, H = _get(config, "hidden_size"), _get(config, "num_attention_heads")
-    hd = _get(config, "head_dim") or D // H
-    L, V = _get(config, "num_hidden_layers"), _get(config, "vocab_size")
+    get = partial(config_value, config)
+    D, H, L, V = get("hidden_size"), get("num_attention_heads"), get("num_hidden_layers"), get("vocab_size")
+    hd = get("head_dim") or D // H
     matmul_weights = counts.attention + counts.ffn + V * D
     forward = 2 * matmul_weights + 2 * 2 * L * seq_len * H * hd
     return {"forward": float(forward), "train_step": float(3 * forward)}

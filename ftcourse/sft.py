@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ftcourse.chat import pack_examples, tokenize_example
@@ -68,6 +69,7 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
     examples = tokenize_instructions(tokenizer, data, max_len, formatting)
     if formatting.pack:
         examples = pack_examples(examples, max_len or max(len(ex["input_ids"]) for ex in examples))
+    torch.manual_seed(config.seed)   # new weights (LoRA's A, a prompt) depend on the seed, not on history
     model = method.apply(model)
     result = train(model, examples, config, eval_fn=eval_fn, progress=progress,
                    description=f"sft ({method.name})")

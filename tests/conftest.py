@@ -5,7 +5,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.pop("FTCOURSE_PROFILE", None)
 
 import pytest  # noqa: E402

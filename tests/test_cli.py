@@ -12,8 +12,8 @@ def test_unknown_method_is_a_clear_error(capsys):
         main(["finetune", "--method", "magic"])
     assert exit_info.value.code == 2
     # Python 3.12.8+ prints the choices without quotes.
-    assert re.search(r"argument --method: invalid choice: 'magic' \(choose from '?full'?, '?lora'?\)",
-                     capsys.readouterr().err)
+    choices = r"\(choose from '?full'?, '?lora'?, '?qlora'?\)"
+    assert re.search(r"argument --method: invalid choice: 'magic' " + choices, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -61,3 +61,33 @@ def test_finetune_command_trains_and_reports(capsys, tmp_path):
     for task in ("qa", "arithmetic", "reverse", "describe"):
         assert task in out
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_finetune_with_lora_saves_an_adapter_that_loads(capsys, tmp_path, base):
+    import copy
+
+    from ftcourse.lora import load_adapter, read_adapter_config
+
+    code = main(["finetune", "--method", "lora", "--lora-r", "4", "--lora-targets", "q_proj,v_proj,down_proj",
+                 "--epochs", "0.1", "--limit", "2", "--no-progress", "--out", str(tmp_path)])
+    assert code == 0 and "saved the adapter" in capsys.readouterr().out
+    config = read_adapter_config(tmp_path)
+    assert (config.r, config.targets) == (4, ("down_proj", "q_proj", "v_proj"))
+    assert load_adapter(copy.deepcopy(base[0]), tmp_path) is not None
+
+
+def test_finetune_with_qlora_trains_on_a_4bit_base_and_saves_the_adapter(capsys, tmp_path):
+    from ftcourse.lora import read_adapter_config
+
+    code = main(["finetune", "--method", "qlora", "--lora-r", "2", "--epochs", "0.05", "--limit", "1",
+                 "--no-progress", "--out", str(tmp_path)])
+    assert code == 0 and "qlora fine-tuning" in capsys.readouterr().out
+    assert read_adapter_config(tmp_path).targets == tuple(sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+
+
+def test_bad_lora_targets_from_the_command_line_are_a_clear_error(capsys):
+    code = main(["finetune", "--method", "lora", "--lora-targets", "qproj", "--epochs", "0.1", "--limit", "1",
+                 "--no-progress"])
+    assert code == 2
+    assert "Target module(s) ['qproj'] match no Linear" in capsys.readouterr().err

@@ -189,3 +189,15 @@ def test_lora_loss_gradients_reach_only_the_adapters(base):
     grads = {n: p.grad for n, p in adapted.named_parameters() if p.grad is not None}
     assert grads and all("lora_" in n for n in grads)
     assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)   # B gets a gradient at B = 0
+
+
+def test_lora_parameter_count_from_config(base):
+    from ftcourse.lora import count_lora_parameters
+    from ftcourse.params import REAL_MODELS
+
+    for config in (LoRA(r=4), LoRA(r=8, targets="all-linear"), LoRA(r=2, targets=("gate_proj", "o_proj"))):
+        adapted = apply_lora(copy.deepcopy(base[0]), config)
+        assert count_lora_parameters(base[0].config, config) == sum(
+            p.numel() for p in adapted.parameters() if p.requires_grad)
+    # torchtune's LoRA tutorial: Llama-2-7B, q and v, rank 8 -> 4,194,304 trainable parameters.
+    assert count_lora_parameters(REAL_MODELS["Llama-2-7B"], LoRA(r=8)) == 4_194_304
