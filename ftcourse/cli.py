@@ -135,6 +135,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         method = method_from_args(args)
         save_adapter(model, args.out, getattr(method, "lora", method), base_model_name=args.model)
         print(f"saved the adapter to {args.out}")
+    elif args.out and args.method in ("prompt_tuning", "prefix_tuning"):
+        from ftcourse.prompts import save_soft_prompt
+
+        save_soft_prompt(model, args.out)
+        print(f"saved the soft prompt to {args.out}")
     elif args.out:
         model.save_pretrained(args.out, safe_serialization=True)
         tokenizer.save_pretrained(args.out)

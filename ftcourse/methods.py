@@ -13,7 +13,9 @@ from typing import Protocol
 
 from torch import nn
 
+from ftcourse.adapters import IA3, BottleneckAdapter
 from ftcourse.lora import LoRA
+from ftcourse.prompts import PrefixTuning, PromptTuning
 from ftcourse.qlora import QLoRA
 
 
@@ -35,7 +37,8 @@ class Full:
         return model
 
 
-METHODS: dict[str, type] = {"full": Full, "lora": LoRA, "qlora": QLoRA}
+METHODS: dict[str, type] = {"full": Full, "lora": LoRA, "qlora": QLoRA, "prompt_tuning": PromptTuning,
+                            "prefix_tuning": PrefixTuning, "adapter": BottleneckAdapter, "ia3": IA3}
 
 
 def get_method(method: str | Method) -> Method:

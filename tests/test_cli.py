@@ -12,7 +12,8 @@ def test_unknown_method_is_a_clear_error(capsys):
         main(["finetune", "--method", "magic"])
     assert exit_info.value.code == 2
     # Python 3.12.8+ prints the choices without quotes.
-    choices = r"\(choose from '?full'?, '?lora'?, '?qlora'?\)"
+    choices = (r"\(choose from '?adapter'?, '?full'?, '?ia3'?, '?lora'?, '?prefix_tuning'?, "
+               r"'?prompt_tuning'?, '?qlora'?\)")
     assert re.search(r"argument --method: invalid choice: 'magic' " + choices, capsys.readouterr().err)
 
 

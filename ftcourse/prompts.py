@@ -1,0 +1,251 @@
+"""Soft prompts: prompt tuning (Lester et al. 2021) and prefix tuning (Li & Liang 2021), from scratch.
+
+Prompt tuning learns N virtual-token embeddings placed in front of every input's embeddings.
+Prefix tuning learns N keys and values for the attention of every layer, handed to the model as
+an already-filled KV cache, so every real token can attend to them. The base model stays frozen
+and untouched: both methods wrap it, and the wrapper returns logits for the real tokens only.
+Library twin: peft `PromptTuningConfig` / `PrefixTuningConfig`; tests/test_prompts.py proves
+logits and greedy generations equal, and that saved prompts load in peft.
+Shapes: B batch, T real tokens, N virtual tokens, L layers, H key/value heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ftcourse._surgery import freeze
+from ftcourse.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+
+def _check_num_virtual_tokens(value: Any, method: str) -> None:
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{method}.num_virtual_tokens must be a positive int, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class PromptTuning:
+    """How to fine-tune: learn `num_virtual_tokens` input embeddings; the model stays frozen."""
+
+    name: ClassVar[str] = "prompt_tuning"
+    num_virtual_tokens: int = 20
+    init_text: str | None = None      # None: random N(0, 1) rows (peft's RANDOM); else TEXT init
+
+    def __post_init__(self) -> None:
+        _check_num_virtual_tokens(self.num_virtual_tokens, "PromptTuning")
+
+    def apply(self, model: nn.Module) -> SoftPromptModel:
+        return SoftPromptModel(model, self)
+
+    def to_peft(self, tokenizer_name_or_path: str | None = None) -> Any:
+        import peft
+
+        text = {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": self.init_text,
+                "tokenizer_name_or_path": tokenizer_name_or_path} if self.init_text else {}
+        return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
+                                       **text)
+
+
+@dataclass(frozen=True)
+class PrefixTuning:
+    """How to fine-tune: learn N keys and values per layer (optionally through an MLP)."""
+
+    name: ClassVar[str] = "prefix_tuning"
+    num_virtual_tokens: int = 10
+    projection_dim: int | None = None  # None: learn the prefix directly; else Li & Liang's MLP
+    init_text: str | None = None       # None: random N(0, 1), as peft; else the text's own keys/values
+
+    def __post_init__(self) -> None:
+        _check_num_virtual_tokens(self.num_virtual_tokens, "PrefixTuning")
+        if self.init_text and self.projection_dim:
+            raise ValueError("PrefixTuning.init_text sets the prefix itself: it needs projection_dim=None.")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"PrefixTuning.projection_dim must be None or >= 1, "
+                             f"got {self.projection_dim!r}.")
+
+    def apply(self, model: nn.Module) -> SoftPromptModel:
+        return SoftPromptModel(model, self)
+
+    def to_peft(self) -> Any:
+        import peft
+
+        projection = ({"prefix_projection": True, "encoder_hidden_size": self.projection_dim}
+                      if self.projection_dim else {})
+        return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
+                                       **projection)
+
+
+def kv_shape(model_config: Any) -> tuple[int, int, int]:
+    """(L layers, H key/value heads, D head dim) of a Llama-family config."""
+    heads = model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    return model_config.num_hidden_layers, getattr(model_config, "num_key_value_heads", heads), head_dim
+
+
+class SoftPromptModel(nn.Module):
+    """A frozen causal LM behind N learned virtual tokens (prompt tuning) or prefixes (prefix tuning)."""
+
+    def __init__(self, model: nn.Module, config: PromptTuning | PrefixTuning):
+        super().__init__()
+        self.base_model, self.method, self.config = freeze(model), config, model.config
+        self.num_virtual_tokens = n = config.num_virtual_tokens
+        if n >= self.config.max_position_embeddings:
+            raise ValueError(f"{n} virtual tokens do not fit the model's "
+                             f"{self.config.max_position_embeddings} positions; use fewer.")
+        if isinstance(config, PromptTuning):
+            embeddings = model.get_input_embeddings()
+            self.prompt_embeddings = nn.Embedding(n, embeddings.embedding_dim)   # N(0, 1), as peft
+            if config.init_text:
+                self.prompt_embeddings.weight.data.copy_(self._text_rows(config.init_text, embeddings))
+        else:
+            L, H, D = kv_shape(self.config)
+            width = config.projection_dim
+            self.prompt_embeddings = nn.Embedding(n, H * D if width else L * 2 * H * D)
+            self.prefix_mlp = None if not width else nn.Sequential(
+                nn.Linear(H * D, width), nn.Tanh(), nn.Linear(width, L * 2 * H * D))
+            if config.init_text:
+                self.prompt_embeddings.weight.data.copy_(self._text_keys_values(config.init_text))
+
+    def _text_ids(self, text: str) -> Tensor:
+        # peft's TEXT init: the tokens of `text` (BOS included), cut or tiled to N.
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
+        ids = tokenizer(text)["input_ids"]
+        n = self.num_virtual_tokens
+        if len(ids) > n:
+            warnings.warn(f"init_text has {len(ids)} tokens but there are {n} virtual tokens; "
+                          f"using its first {n}.", stacklevel=4)
+        return torch.tensor((ids * math.ceil(n / len(ids)))[:n])
+
+    def _text_rows(self, text: str, embeddings: nn.Embedding) -> Tensor:
+        return embeddings.weight[self._text_ids(text)].detach().float()
+
+    @torch.no_grad()
+    def _text_keys_values(self, text: str) -> Tensor:
+        # The keys and values the frozen model itself computes for the text (Li & Liang, section
+        # 7.2: initialising with real words' activations), laid out as the prefix: (N, L*2*H*D).
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self.base_model(self._text_ids(text)[None], cache=cache, use_cache=True)
+        layers = [(cache.layers[i].keys[0], cache.layers[i].values[0]) for i in range(len(cache.layers))]
+        rows = torch.stack([t.transpose(0, 1) for pair in layers for t in pair], dim=1)   # (N, 2L, H, D)
+        return rows.reshape(self.num_virtual_tokens, -1).float()
+
+    def prefix_cache(self, batch_size: int) -> Any:
+        """The learned keys and values as a transformers DynamicCache: per layer (B, H, N, D)."""
+        from transformers import DynamicCache
+
+        L, H, D = kv_shape(self.config)
+        prefix = self.prompt_embeddings.weight
+        if self.prefix_mlp is not None:
+            prefix = self.prefix_mlp(prefix)
+        prefix = prefix.expand(batch_size, -1, -1).reshape(batch_size, self.num_virtual_tokens, 2 * L, H, D)
+        per_layer = prefix.permute(2, 0, 3, 1, 4).split(2)      # L x (2, B, H, N, D): key, value
+        return DynamicCache([(kv[0], kv[1]) for kv in per_layer])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Any:
+        """The base model's output on [virtual tokens; input_ids], logits for input_ids only (B, T, V)."""
+        if kwargs.pop("position_ids", None) is not None:
+            raise ValueError("Soft prompts do not support packed rows (position_ids): train with "
+                             "Formatting(pack=False).")
+        kwargs.pop("use_cache", None)
+        B, T = input_ids.shape
+        n = self.num_virtual_tokens
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = torch.cat([mask.new_ones(B, n), mask], dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)     # skip left padding, as generate() does
+        if isinstance(self.method, PromptTuning):
+            embeds = self.base_model.get_input_embeddings()(input_ids)
+            prompt = self.prompt_embeddings.weight.to(embeds.dtype).expand(B, -1, -1)
+            output = self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
+                                     position_ids=positions, use_cache=False, **kwargs)
+            output.logits = output.logits[:, n:]
+        else:
+            output = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, n:],
+                                     cache=self.prefix_cache(B), use_cache=True, **kwargs)
+        return output
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, max_new_tokens: int = 32,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, **_: Any) -> Tensor:
+        """Prompt plus up to `max_new_tokens` new tokens (B, T + new), as `model.generate` returns.
+
+        A plain loop over full forward passes: the soft prompt takes part in every step exactly
+        as in training. Rows that reached EOS are continued with padding.
+        """
+        limit = self.config.max_position_embeddings
+        if self.num_virtual_tokens + input_ids.shape[1] + max_new_tokens > limit:
+            raise ValueError(f"{self.num_virtual_tokens} virtual tokens + a {input_ids.shape[1]}-token "
+                             f"prompt + {max_new_tokens} new tokens exceed the model's {limit} positions.")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            logits = self(input_ids, mask).logits[:, -1].float()
+            next_token = _pick(logits, do_sample, temperature, top_p)
+            if pad_token_id is not None:
+                next_token = torch.where(done, pad_token_id, next_token)
+            input_ids = torch.cat([input_ids, next_token[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            done |= next_token == eos_token_id
+            if done.all():
+                break
+        return input_ids
+
+
+def _pick(logits: Tensor, do_sample: bool, temperature: float, top_p: float) -> Tensor:
+    # Greedy, or sampling from the smallest set of tokens whose probability reaches top_p.
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0)
+    return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
+
+
+# ---------------------------------------------------------------- saving (peft's format)
+
+def soft_prompt_state_dict(model: SoftPromptModel) -> dict[str, Tensor]:
+    """What peft saves: `prompt_embeddings`, (N, d) for prompt tuning and the materialised
+    (N, L * 2 * H * D) prefix for prefix tuning (so no MLP is needed to use it)."""
+    rows = model.prompt_embeddings.weight
+    if getattr(model, "prefix_mlp", None) is not None:
+        rows = model.prefix_mlp(rows)
+    return {"prompt_embeddings": rows.detach().contiguous()}
+
+
+def save_soft_prompt(model: SoftPromptModel, directory: str | Path) -> Path:
+    """Write adapter_model.safetensors and adapter_config.json as peft's save_pretrained does."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(soft_prompt_state_dict(model), directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    L, H, D = kv_shape(model.config)
+    prompt = isinstance(model.method, PromptTuning)
+    fields = {"peft_type": "PROMPT_TUNING" if prompt else "PREFIX_TUNING", "task_type": "CAUSAL_LM",
+              "num_virtual_tokens": model.num_virtual_tokens, "num_transformer_submodules": 1,
+              "num_layers": L, "inference_mode": True,
+              "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None}
+    if prompt:
+        fields |= {"token_dim": model.prompt_embeddings.embedding_dim,
+                   "num_attention_heads": model.config.num_attention_heads, "prompt_tuning_init": "RANDOM"}
+    else:   # the cache's key/value width, as peft records it for grouped-query attention
+        fields |= {"token_dim": H * D, "num_attention_heads": H, "prefix_projection": False,
+                   "encoder_hidden_size": H * D}
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(fields, indent=2, sort_keys=True))
+    return directory
+
+
+__all__ = ["PrefixTuning", "PromptTuning", "SoftPromptModel", "kv_shape", "save_soft_prompt",
+           "soft_prompt_state_dict"]

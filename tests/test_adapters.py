@@ -1,0 +1,65 @@
+"""Bottleneck adapters and IA3 from scratch; IA3 against peft."""
+
+import copy
+
+import peft
+import pytest
+import torch
+
+from ftcourse.adapters import IA3, AdapterLinear, BottleneckAdapter, IA3Linear, to_peft_ia3_state
+from ftcourse.methods import count_parameters
+
+
+@pytest.mark.equivalence
+def test_ia3_logits_equal_peft(base):
+    model, _ = base
+    ours = IA3().apply(copy.deepcopy(model))
+    generator = torch.Generator().manual_seed(0)
+    for layer in ours.modules():
+        if isinstance(layer, IA3Linear):    # ones would make any IA3 pass
+            layer.ia3_l.data = 1 + 0.3 * torch.randn(layer.ia3_l.shape, generator=generator)
+    theirs = peft.get_peft_model(copy.deepcopy(model), IA3().to_peft())
+    missing, unexpected = theirs.load_state_dict(to_peft_ia3_state(ours), strict=False)
+    assert not unexpected and not [k for k in missing if "ia3_l" in k]
+    ids = torch.randint(4, 1000, (2, 10), generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(input_ids=ids).logits, rtol=0, atol=1e-5)
+    trainable_in_peft = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    assert count_parameters(ours)["trainable"] == trainable_in_peft
+
+
+def test_bottleneck_adapter_starts_as_identity_and_counts_as_houlsby(base):
+    model, _ = base
+    config = BottleneckAdapter(reduction_factor=16)
+    adapted = config.apply(copy.deepcopy(model))
+    ids = torch.randint(4, 1000, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(adapted(ids).logits, model(ids).logits)
+    d, r, layers = model.config.hidden_size, model.config.hidden_size // 16, model.config.num_hidden_layers
+    # Two adapters per layer, each 2 d r weights + r + d biases (the LoRA paper's |Theta| formula).
+    assert count_parameters(adapted)["trainable"] == layers * 2 * (2 * d * r + r + d)
+    assert sum(isinstance(m, AdapterLinear) for m in adapted.modules()) == 2 * layers
+
+
+def test_bottleneck_adapter_learns(base):
+    model, _ = base
+    adapted = BottleneckAdapter().apply(copy.deepcopy(model))
+    ids = torch.randint(4, 1000, (4, 16), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = adapted(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_bad_config_is_named(base):
+    with pytest.raises(ValueError, match="reduction_factor must be a positive int"):
+        BottleneckAdapter(reduction_factor=0)
+    with pytest.raises(ValueError, match="feedforward names"):
+        IA3(targets=("k_proj",), feedforward=("down_proj",))
+    with pytest.raises(ValueError, match="match no Linear"):
+        IA3(targets=("kproj",), feedforward=()).apply(copy.deepcopy(base[0]))
