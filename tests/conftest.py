@@ -35,3 +35,21 @@ def tiny_llama(tokenizer):
                          max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return LlamaForCausalLM(config)
+
+
+@pytest.fixture
+def train_steps():
+    """A function: `steps` AdamW steps of a model on one fixed random batch; the losses."""
+    def run(model, steps: int = 4, lr: float = 1e-2) -> list[float]:
+        ids = torch.randint(4, 1000, (4, 16), generator=torch.Generator().manual_seed(1))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        losses = []
+        for _ in range(steps):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses
+
+    return run
