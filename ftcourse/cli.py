@@ -120,7 +120,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         test_by_task = {task: rows[:args.limit] for task, rows in test_by_task.items()}
     before = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    model, result = finetune(model, tokenizer, data["train"], method_from_args(args), config,
+    method = method_from_args(args)
+    model, result = finetune(model, tokenizer, data["train"], method, config,
                              progress=not args.no_progress)
     after = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     print(f"{args.method} fine-tuning on {args.task}: {len(result.history)} steps, "
@@ -132,7 +133,6 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.out and args.method in ("lora", "qlora"):
         from ftcourse.lora import save_adapter
 
-        method = method_from_args(args)
         save_adapter(model, args.out, getattr(method, "lora", method), base_model_name=args.model)
         print(f"saved the adapter to {args.out}")
     elif args.out and args.method in ("prompt_tuning", "prefix_tuning"):
