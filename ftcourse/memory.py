@@ -1,22 +1,30 @@
-"""Memory: what a training step really holds, measured by category.
+"""Memory: what a training step holds, predicted from a config and measured by category.
 
-`measure_training_step` runs one warm-up step (so Adam's states exist), then profiles the next
-with torch's memory profiler and reports the bytes held at the step's peak: parameters,
-gradients, optimizer states, activations and temporaries (on a GPU also
-`torch.cuda.max_memory_allocated`). The full-vs-PEFT chapter builds a predictive model on top.
+`estimate(config_or_model, Setup(...))` predicts the bytes per device of weights, gradients,
+optimizer states and activations for any method, precision, optimizer, batch and ZeRO sharding:
+the standard accounting (16 bytes per parameter for mixed-precision Adam, ZeRO's stages) plus an
+activation model of HF Llama's backward, stated in `activation_bytes`. `measure_training_step`
+profiles a real step with torch's memory profiler; tests/test_memory.py holds the two within 15%.
+`preflight` warns before a run whose estimate exceeds the memory at hand.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ftcourse.params import config_value, count_parameters, linear_shapes
 
 # The order of torch.profiler's memory timeline columns (after its leading placeholder).
 CATEGORIES = ("parameters", "optimizer_state", "inputs", "temporary", "activations", "gradients",
@@ -82,4 +90,351 @@ def stored_bytes(model: nn.Module, trainable: bool | None = None) -> int:
     tensors = {id(p): p for p in model.parameters() if trainable is None or p.requires_grad == trainable}
     if trainable is not True:
         tensors.update({id(b): b for b in model.buffers()})
+        for p in list(tensors.values()):          # bitsandbytes keeps a 4-bit weight's scales aside
+            if (state := getattr(p, "quant_state", None)) is not None:
+                nested = [state.state2.absmax] if state.nested else []
+                tensors.update({id(t): t for t in [state.absmax, *nested]})
+                tensors.update({id(state.offset): state.offset} if state.nested else {})
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# ---------------------------------------------------------------- the memory model
+
+GB = 1e9   # decimal gigabytes, as the ZeRO, LoRA and QLoRA papers count
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per trainable parameter for its weight, gradient, fp32 master copy and each optimizer
+    state; bytes per frozen weight; bytes per activation element."""
+
+    weight: int
+    gradient: int
+    master: int
+    state: int
+    frozen: int
+    activation: int
+
+
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision(weight=4, gradient=4, master=0, state=4, frozen=4, activation=4),
+    # ZeRO's mixed precision: bf16 weights and gradients, fp32 master weights and Adam moments.
+    "bf16-mixed": Precision(weight=2, gradient=2, master=4, state=4, frozen=2, activation=2),
+    # Everything in bf16, optimizer states included (torchtune's and litgpt's "bf16-true").
+    "bf16": Precision(weight=2, gradient=2, master=0, state=2, frozen=2, activation=2),
+}
+# Optimizer states per trainable parameter: (count, bytes each; None = the precision's state bytes).
+OPTIMIZERS: dict[str, tuple[int, float | None]] = {
+    "adamw": (2, None), "sgd": (0, None), "sgd-momentum": (1, None),
+    # bitsandbytes' 8-bit AdamW: two uint8 moments, each with an fp32 scale per block of 256.
+    "adamw-8bit": (2, 1 + 4 / 256),
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a run trains, besides the model: method, precision, optimizer, batch and sharding.
+
+    `zero_stage` shards over `num_devices`: 1 the optimizer states, 2 also the gradients, 3 also
+    the weights (ZeRO-1/2/3; FSDP's SHARD_GRAD_OP is stage 2, FULL_SHARD stage 3).
+    """
+
+    method: Any = "full"                  # a name from ftcourse.methods.METHODS or a method config
+    precision: str = "fp32"
+    optimizer: str = "adamw"
+    batch_size: int = 1                   # sequences per device per forward pass
+    seq_len: int = 512                    # tokens per sequence
+    padding: bool = False                 # rows padded to the longest: an attention mask per layer
+    gradient_checkpointing: bool = False
+    zero_stage: int = 0
+    num_devices: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"unknown precision {self.precision!r} (use one of {', '.join(PRECISIONS)})")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"unknown optimizer {self.optimizer!r} (use one of {', '.join(OPTIMIZERS)})")
+        for name in ("batch_size", "seq_len", "num_devices"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                problems.append(f"{name} must be a positive int, got {value!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            problems.append(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        if problems:
+            raise ValueError("Invalid memory Setup: " + "; ".join(problems) + ".")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What trains, as far as memory goes: the counts, and which activations the backward keeps."""
+
+    trainable: int                     # trainable parameters
+    trainable_tensors: int             # AdamW keeps a step counter per tensor
+    frozen_bytes: int                  # the frozen weights (and buffers) as stored
+    embeddings_train: bool = False
+    norms_train: bool = False
+    head_trains: bool = False
+    saved_inputs: frozenset[str] = frozenset()   # linear layers whose input the backward keeps
+    lora_r: int = 0
+    lora_targets: frozenset[str] = frozenset()
+    lora_dropout: bool = False
+    prompt_tokens: int = 0             # prompt tuning: virtual tokens in every layer
+    prefix_tokens: int = 0             # prefix tuning: extra keys and values in every layer
+    quantized: bool = False            # 4-bit linear layers, dequantized one at a time
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted bytes per device of one training step, itemised.
+
+    The peak comes at the start of the backward pass (every saved activation and the loss's
+    temporaries), inside a layer's backward (with gradient checkpointing: the last layer rebuilt,
+    with nearly every gradient already there), or at its end (every gradient).
+    """
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float                 # kept for the backward (with checkpointing: the head only)
+    checkpoints: float                 # the layer inputs gradient checkpointing keeps instead
+    recompute: float                   # one layer's activations, rebuilt in the backward
+    backward: float                    # temporaries of one layer's backward (and dequantization)
+    loss: float                        # the logits' log-probabilities and gradients at the peak
+    setup: Setup
+    footprint: Footprint
+
+    @property
+    def peak(self) -> float:
+        """The largest of the three moments, plus what is held throughout (weights, optimizer)."""
+        start_of_backward = self.activations + self.loss
+        in_a_layer = self.activations + self.recompute + self.backward + (
+            self.gradients if self.setup.gradient_checkpointing else 0.0)
+        return self.weights + self.optimizer + self.checkpoints + max(start_of_backward, in_a_layer,
+                                                                      self.gradients)
+
+    def as_dict(self, unit: float = 1.0) -> dict[str, float]:
+        items = {"weights": self.weights, "gradients": self.gradients, "optimizer": self.optimizer,
+                 "activations": self.activations, "checkpoints": self.checkpoints,
+                 "recompute": self.recompute, "backward": self.backward, "loss": self.loss,
+                 "peak": self.peak}
+        return {name: value / unit for name, value in items.items()}
+
+    def __str__(self) -> str:
+        unit, name = (GB, "GB") if self.peak >= GB else (1e6, "MB")
+        rows = [f"  {k:<12}{v:>10.2f} {name}" for k, v in self.as_dict(unit).items() if v or k == "peak"]
+        return "\n".join(["Predicted memory per device of one training step:", *rows])
+
+
+def model_state_bytes(trainable: float, frozen_bytes: float, setup: Setup,
+                      trainable_tensors: int = 0) -> dict[str, float]:
+    """Bytes per device of the weights, gradients and optimizer states (ZeRO's model states)."""
+    precision = PRECISIONS[setup.precision]
+    count, each = OPTIMIZERS[setup.optimizer]
+    state_bytes = count * (precision.state if each is None else each)
+    steps = 4 * trainable_tensors if setup.optimizer.startswith("adamw") else 0
+    optimizer = trainable * (precision.master + state_bytes) + steps
+    weights = trainable * precision.weight + frozen_bytes
+    gradients = trainable * precision.gradient
+    shards = setup.num_devices
+    return {"weights": weights / shards if setup.zero_stage >= 3 else weights,
+            "gradients": gradients / shards if setup.zero_stage >= 2 else gradients,
+            "optimizer": optimizer / shards if setup.zero_stage >= 1 else optimizer}
+
+
+def estimate(model: Any, setup: Setup = Setup()) -> MemoryEstimate:
+    """Predicted peak memory of one training step of `model` (a config, or a model with the
+    method already applied, whose own parameters are then counted) under `setup`."""
+    if isinstance(model, nn.Module):
+        footprint, config = footprint_of_model(model), model.config
+    else:
+        footprint, config = footprint_of_config(model, setup), model
+    states = model_state_bytes(footprint.trainable, footprint.frozen_bytes, setup,
+                               footprint.trainable_tensors)
+    return MemoryEstimate(**states, **activation_bytes(config, footprint, setup), setup=setup,
+                          footprint=footprint)
+
+
+def footprint_of_config(config: Any, setup: Setup) -> Footprint:
+    """What `setup.method` trains on a Llama-family model, counted from its config alone."""
+    from ftcourse.lora import count_lora_parameters
+    from ftcourse.methods import get_method
+
+    method = get_method(setup.method)
+    get = partial(config_value, config)
+    L, D = get("num_hidden_layers"), get("hidden_size")
+    shapes = linear_shapes(config)
+    counts = count_parameters(config)
+    precision = PRECISIONS[setup.precision]
+    head_dim = get("head_dim") or D // get("num_attention_heads")
+    buffers = 2 * (head_dim // 2) * 4          # the rotary inverse frequencies (and a copy), float32
+    frozen = counts.total * precision.frozen + buffers
+    if method.name == "full":
+        biased = sum(1 for name in shapes if counts.per_layer[name] > shapes[name][0] * shapes[name][1])
+        tensors = L * (len(shapes) + biased + 2) + 2 + (counts.lm_head > 0)
+        return Footprint(counts.total, tensors, buffers, embeddings_train=True, norms_train=True,
+                         head_trains=True, saved_inputs=frozenset(shapes))
+    if method.name in ("lora", "qlora"):
+        lora = method.lora if method.name == "qlora" else method
+        if isinstance(lora.targets, str) and lora.targets != "all-linear":
+            raise ValueError("The memory model counts LoRA targets given as names or 'all-linear'; for "
+                             "a regex, apply the method to a model and pass the model.")
+        targets = frozenset(shapes if lora.targets == "all-linear" else lora.targets)
+        if method.name == "qlora":
+            linear = {name: d_in * d_out for name, (d_in, d_out) in shapes.items()}
+            packed = sum(stored_4bit_bytes(n, method.double_quant) for n in linear.values())
+            frozen = L * packed + (counts.total - L * sum(linear.values())) * precision.frozen + buffers
+        return Footprint(count_lora_parameters(config, lora), 2 * L * len(targets), frozen,
+                         saved_inputs=targets, lora_r=lora.r, lora_targets=targets,
+                         lora_dropout=lora.dropout > 0, quantized=method.name == "qlora")
+    if method.name == "prompt_tuning":
+        return Footprint(method.num_virtual_tokens * D, 1, frozen, prompt_tokens=method.num_virtual_tokens)
+    if method.name == "prefix_tuning":
+        kv = 2 * L * shapes["k_proj"][1]                       # keys and values of every layer
+        n, width = method.num_virtual_tokens, method.projection_dim
+        mlp = 0 if not width else shapes["k_proj"][1] * width + width + width * kv + kv
+        return Footprint(n * (shapes["k_proj"][1] if width else kv) + mlp, 5 if width else 1, frozen,
+                         prefix_tokens=n)
+    raise ValueError(f"The memory model counts full, lora, qlora, prompt_tuning and prefix_tuning from a "
+                     f"config; for {method.name!r}, apply it to a model and pass the model.")
+
+
+def stored_4bit_bytes(numel: int, double_quant: bool, blocksize: int = 64, nested: int = 256) -> int:
+    """Bytes of one 4-bit weight as bitsandbytes (and ftcourse.qlora) store it: packed codes and
+    the block scales, fp32 or 8-bit with an fp32 scale per `nested` blocks and an fp32 offset."""
+    blocks = math.ceil(numel / blocksize)
+    scales = blocks + 4 * math.ceil(blocks / nested) + 4 if double_quant else 4 * blocks
+    return math.ceil(numel / 2) + scales
+
+
+def footprint_of_model(model: nn.Module) -> Footprint:
+    """What trains in a model with its method applied, counted from its own parameters."""
+    from ftcourse.lora import lora_layers
+    from ftcourse.prompts import PromptTuning, SoftPromptModel
+
+    base = model.base_model if isinstance(model, SoftPromptModel) else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    suffix = {name: name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    loras = lora_layers(model)
+    weights_train = {suffix[name] for name, module in model.named_modules() if isinstance(module, nn.Linear)
+                     and module.weight.requires_grad and suffix[name] in linear_shapes(model.config)}
+    targets = frozenset(suffix[name] for name in loras)
+    norms = [p for name, p in model.named_parameters() if "norm" in name]
+    soft = model.num_virtual_tokens if isinstance(model, SoftPromptModel) else 0
+    prompt = isinstance(model, SoftPromptModel) and isinstance(model.method, PromptTuning)
+    return Footprint(
+        trainable=sum(p.numel() for p in trainable), trainable_tensors=len(trainable),
+        frozen_bytes=stored_bytes(model, trainable=False),
+        embeddings_train=base.get_input_embeddings().weight.requires_grad,
+        norms_train=any(p.requires_grad for p in norms),
+        head_trains=base.get_output_embeddings().weight.requires_grad,
+        saved_inputs=frozenset(weights_train) | targets,
+        lora_r=max((layer.r for layer in loras.values()), default=0), lora_targets=targets,
+        lora_dropout=any(isinstance(layer.lora_dropout, nn.Dropout) for layer in loras.values()),
+        prompt_tokens=soft if prompt else 0, prefix_tokens=0 if prompt else soft,
+        quantized=any(type(module).__name__ == "Linear4bit" for module in model.modules()))
+
+
+def activation_bytes(config: Any, footprint: Footprint, setup: Setup) -> dict[str, float]:
+    """Bytes of the activations the backward pass keeps, and of the loss's temporaries.
+
+    Per layer and token, HF Llama's backward keeps (a = activation bytes, 4 for fp32 terms):
+    each RMSNorm's fp32 input and 1/rms (4D + 4), and its normalised output if the norm weight
+    trains (aD); the input of each linear layer whose weight or LoRA trains (aD for q/k/v,
+    aD for gate/up, aF for down; o_proj's input is the attention output, already kept); the
+    attention's q, k, v, output (a(2H + 2K)hd) and log-sum-exp (4H); the FFN's gate, SiLU and up
+    outputs (3aF); each LoRA's A output (ar). With an attention mask (padded rows, or a prefix
+    that the keys see beyond the queries) torch's CPU attention takes the mask as a float32
+    tensor (4 T_keys per token) and k, v are repeated to all H heads. The first layer's input is
+    kept only if gradients flow into it (trained embeddings or a soft prompt). The head keeps the
+    final norm's terms and its input if it trains. The loss keeps fp32 log-probabilities of
+    B(T-1)V and, at the start of the backward, their gradient and the logits' gradient:
+    3 * 4 B(T-1)V. Inside a layer's backward the gradients of the FFN's gate and up outputs
+    (2aF) live beside its saved tensors, and a 4-bit layer's weight dequantized to float32 and
+    cast to the compute dtype ((4 + a) d_in d_out, the largest layer). With gradient checkpointing each
+    layer keeps only its input (aD) and one layer is rebuilt at a time.
+    """
+    get = partial(config_value, config)
+    D, F, L, V = get("hidden_size"), get("intermediate_size"), get("num_hidden_layers"), get("vocab_size")
+    shapes = linear_shapes(config)
+    q_width, kv_width = shapes["q_proj"][1], shapes["k_proj"][1]
+    heads = get("num_attention_heads")
+    a = PRECISIONS[setup.precision].activation
+    B, T = setup.batch_size, setup.seq_len
+    positions = T + footprint.prompt_tokens                         # a soft prompt runs through every layer
+    keys = positions + footprint.prefix_tokens                      # a prefix adds keys and values only
+    saved = footprint.saved_inputs
+    norm_input = 4 * D + 4
+    lora = sum(a * footprint.lora_r + (a + 1) * shapes[name][0] * footprint.lora_dropout
+               for name in footprint.lora_targets)
+    per_token = (2 * norm_input + 2 * a * D * footprint.norms_train
+                 + a * D * bool(saved & {"q_proj", "k_proj", "v_proj"})
+                 + a * D * bool(saved & {"gate_proj", "up_proj"}) + a * F * ("down_proj" in saved)
+                 + a * 2 * q_width + 4 * heads + 3 * a * F + lora)
+    masked = setup.padding or footprint.prefix_tokens > 0
+    keys_width = q_width if masked else kv_width                  # GQA heads repeated under a mask
+    layer = per_token * B * positions + (a * 2 * keys_width + 4 * positions * masked) * B * keys
+    first_input = norm_input * B * positions * (footprint.embeddings_train or footprint.prompt_tokens > 0)
+    head = (norm_input + a * D * (footprint.norms_train + footprint.head_trains)) * B * positions
+    dequantized = (4 + a) * max(d_in * d_out for d_in, d_out in shapes.values()) * footprint.quantized
+    terms = {"loss": float(3 * 4 * B * (T - 1) * V),
+             "backward": float(2 * a * F * B * positions + dequantized)}
+    if not setup.gradient_checkpointing:
+        layers = L * layer - (norm_input * B * positions - first_input)
+        return {**terms, "activations": float(layers + head), "checkpoints": 0.0, "recompute": 0.0}
+    if footprint.prefix_tokens:
+        raise ValueError("Prefix tuning cannot use gradient checkpointing: transformers turns the "
+                         "key/value cache off under it, and the prefix lives in that cache.")
+    return {**terms, "activations": float(head), "checkpoints": float(L * a * D * B * positions),
+            "recompute": float(layer)}
+
+
+# ---------------------------------------------------------------- the pre-flight
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes free now: on a GPU what the CUDA driver reports, on the CPU the kernel's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def suggestions(estimate: MemoryEstimate) -> list[str]:
+    """What would shrink the biggest terms of an estimate, biggest first."""
+    setup, footprint, tips = estimate.setup, estimate.footprint, []
+    if estimate.gradients + estimate.optimizer > estimate.weights / 2:
+        tips.append("train fewer parameters: LoRA (--method lora) keeps the base frozen, so its "
+                    "gradients and optimizer states vanish")
+    if estimate.weights > estimate.activations and not footprint.quantized:
+        tips.append("store the frozen base in 4 bits: QLoRA (--method qlora)")
+    if estimate.activations > estimate.weights and not setup.gradient_checkpointing:
+        tips.append("turn on gradient checkpointing (keeps one input per layer, rebuilds the rest)")
+    if estimate.activations + estimate.loss > estimate.weights:
+        tips.append(f"a smaller batch (now {setup.batch_size}) with gradient accumulation, or shorter "
+                    f"sequences (now {setup.seq_len} tokens)")
+    if setup.optimizer == "adamw" and estimate.optimizer > 0.1 * estimate.peak:
+        tips.append("8-bit AdamW (bitsandbytes) stores the two moments in 1 byte each")
+    return tips
+
+
+def preflight(model: Any, setup: Setup, available: int | None = None,
+              device: str | torch.device = "cpu") -> MemoryEstimate:
+    """Estimate a run before it starts; warn, with the breakdown and what would help, when the
+    predicted peak exceeds the memory available on `device` (or `available` bytes)."""
+    result = estimate(model, setup)
+    available = available_memory(device) if available is None else available
+    if result.peak > available:
+        tips = "\n".join(f"  - {tip}" for tip in suggestions(result))
+        warnings.warn(f"This run is predicted to need {result.peak / GB:.2f} GB per device, more than "
+                      f"the {available / GB:.2f} GB available.\n{result}\nTo fit it:\n{tips}",
+                      MemoryWarning, stacklevel=2)
+    return result
+
+
+class MemoryWarning(UserWarning):
+    """A run is predicted not to fit in memory."""

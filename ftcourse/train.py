@@ -275,6 +275,8 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     per_process = config.batch_size * config.grad_accum_steps
     order = example_order(len(data), total * per_process * world, config.seed)
 
+    if accelerator.is_main_process and loss_fn is causal_lm_loss:
+        _preflight(model, data, config, accelerator)
     model.train()
     optimizer = make_optimizer(model, config)
     warmup = math.ceil(config.warmup_ratio * total)
@@ -356,6 +358,26 @@ def _evaluate(model: nn.Module, eval_fn: Callable[[nn.Module], dict[str, float]]
         metrics = eval_fn(model)
     model.train()
     return metrics
+
+
+def _preflight(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
+               accelerator: Any) -> None:
+    # Warn before a language-model run that the memory model predicts will not fit (ftcourse.memory).
+    from ftcourse.memory import Setup, preflight
+    from ftcourse.params import config_value
+
+    model_config = getattr(model, "config", None)
+    if model_config is None or config_value(model_config, "intermediate_size") is None:
+        return                                  # not a Llama-family model: nothing to predict
+    lengths = {len(example["input_ids"]) for example in data}
+    dtype = next(model.parameters()).dtype
+    precision = ("bf16-mixed" if accelerator.mixed_precision == "bf16"
+                 else "bf16" if dtype == torch.bfloat16 else "fp32")
+    setup = Setup(precision=precision, batch_size=min(config.batch_size, len(data)), seq_len=max(lengths),
+                  padding=len(lengths) > 1,
+                  gradient_checkpointing=bool(getattr(getattr(model, "base_model", model),
+                                                      "is_activation_checkpointing", False)))
+    preflight(model, setup, device=accelerator.device)
 
 
 def _pad_id(model: nn.Module) -> int:

@@ -21,3 +21,178 @@ def test_measure_peak_sees_a_temporary_allocation():
     small = measure_peak(lambda: torch.ones(10).sum())
     large = measure_peak(lambda: torch.ones(1_000_000).sum())
     assert large["total"] - small["total"] >= 4_000_000 - 100   # a million float32 ones
+
+
+# ---------------------------------------------------------------- the memory model
+
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from ftcourse.lora import LoRA  # noqa: E402
+from ftcourse.memory import (  # noqa: E402
+    GB,
+    MemoryWarning,
+    Setup,
+    estimate,
+    footprint_of_config,
+    footprint_of_model,
+    model_state_bytes,
+    preflight,
+    stored_bytes,
+)
+from ftcourse.methods import get_method  # noqa: E402
+from ftcourse.prompts import PrefixTuning, PromptTuning  # noqa: E402
+from ftcourse.qlora import QLoRA  # noqa: E402
+
+METHODS = {"full": "full", "lora all-linear": LoRA(r=8, targets="all-linear"), "lora q,v": LoRA(r=16),
+           "qlora": QLoRA(), "prompt tuning": PromptTuning(num_virtual_tokens=16),
+           "prefix tuning": PrefixTuning(num_virtual_tokens=16)}
+# A second shape: untied head, more layers, wider, another vocabulary and GQA ratio.
+OTHER = dict(vocab_size=512, hidden_size=192, intermediate_size=512, num_hidden_layers=6,
+             num_attention_heads=6, num_key_value_heads=3, head_dim=32, max_position_embeddings=256,
+             tie_word_embeddings=False, pad_token_id=0)
+
+
+def make_model(which, base, method):
+    torch.manual_seed(0)
+    if which == "embedded":
+        from ftcourse.models import load_base
+        model = load_base()[0]
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**OTHER))
+    return get_method(method).apply(model)
+
+
+def padded_batch(batch_size, length, seed=0):
+    ids = torch.randint(3, 500, (batch_size, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("which", ["embedded", "other"])
+def test_model_states_equal_the_bytes_of_the_instantiated_model(which, name, base):
+    method = METHODS[name]
+    model = make_model(which, base, method)
+    setup = Setup(method=method)
+    predicted = estimate(model.config, setup)
+    assert footprint_of_config(model.config, setup) == footprint_of_model(model)
+    assert predicted.weights == stored_bytes(model)
+    # Gradients and AdamW's states (two moments and a step counter per tensor) after a real step.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable)
+    batch = padded_batch(2, 8)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits.pow(2).mean().backward()
+    optimizer.step()
+    assert predicted.gradients == sum(p.grad.numel() * p.grad.element_size() for p in trainable)
+    assert predicted.optimizer == sum(t.numel() * t.element_size() for state in optimizer.state.values()
+                                      for t in state.values())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("which", ["embedded", "other"])
+def test_predicted_peak_is_within_15_percent_of_the_measured_peak(which, name, checkpointing, base):
+    method = METHODS[name]
+    if checkpointing and name == "prefix tuning":
+        pytest.skip("prefix tuning cannot use gradient checkpointing (tested below)")
+    model = make_model(which, base, method)
+    if checkpointing:
+        getattr(model, "base_model", model).activation_checkpointing_enable()
+    setup = Setup(method=method, batch_size=8, seq_len=64, padding=True, gradient_checkpointing=checkpointing)
+    measured = measure_training_step(model, padded_batch(8, 64))["total"]
+    predicted = estimate(model, setup).peak
+    assert estimate(model.config, setup).peak == predicted
+    assert abs(predicted / measured - 1) < 0.15, (predicted, measured)
+
+
+def test_zero_paper_worked_example():
+    # Rajbhandari et al. (2020), figure 1: 7.5B parameters, mixed-precision Adam, 64 devices.
+    per_device = []
+    for stage in range(4):
+        setup = Setup(precision="bf16-mixed", zero_stage=stage, num_devices=64)
+        states = model_state_bytes(trainable=7.5e9, frozen_bytes=0, setup=setup)
+        per_device.append(round(sum(states.values()) / GB, 1))
+    assert per_device == [120.0, 31.4, 16.6, 1.9]
+
+
+def test_bytes_per_parameter_of_each_precision_and_optimizer():
+    def per_param(**kwargs):
+        return sum(model_state_bytes(1e6, 0, Setup(**kwargs)).values()) / 1e6
+    assert per_param(precision="bf16-mixed") == 16          # ZeRO's 2 + 2 + 12
+    assert per_param(precision="fp32") == 16                 # 4 + 4 + 8
+    assert per_param(precision="bf16") == 8                  # 2 + 2 + 2 + 2
+    assert per_param(precision="fp32", optimizer="sgd") == 8
+    assert per_param(precision="bf16-mixed", optimizer="adamw-8bit") == pytest.approx(10 + 8 / 256)
+
+
+def test_qlora_base_costs_4_127_bits_per_linear_weight():
+    from ftcourse.params import REAL_MODELS, count_parameters
+    config = REAL_MODELS["LLaMA-65B"]
+    counts = count_parameters(config)
+    base = estimate(config, Setup(method=QLoRA(r=8), precision="bf16")).footprint.frozen_bytes
+    linear = counts.attention + counts.ffn
+    embeddings_and_head = 2 * (counts.total - linear)
+    assert (base - embeddings_and_head) * 8 / linear == pytest.approx(4.127, abs=1e-3)
+
+
+def test_activations_scale_with_batch_and_checkpointing_cuts_them():
+    config = LlamaConfig(**OTHER)
+    one = estimate(config, Setup(batch_size=1, seq_len=128))
+    four = estimate(config, Setup(batch_size=4, seq_len=128))
+    assert four.activations == pytest.approx(4 * one.activations)
+    assert four.weights == one.weights
+    checkpointed = estimate(config, Setup(batch_size=4, seq_len=128, gradient_checkpointing=True))
+    assert checkpointed.activations + checkpointed.checkpoints < four.activations / 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size must be a positive int"),
+    (dict(seq_len=-5), "seq_len must be a positive int"),
+    (dict(precision="fp8"), "unknown precision 'fp8'"),
+    (dict(optimizer="adam9"), "unknown optimizer 'adam9'"),
+    (dict(num_devices=0), "num_devices must be a positive int"),
+    (dict(zero_stage=4), "zero_stage must be 0, 1, 2 or 3"),
+])
+def test_impossible_setups_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Setup(**kwargs)
+
+
+def test_unsupported_combinations_are_explained(base):
+    config = base[0].config
+    with pytest.raises(ValueError, match="Prefix tuning cannot use gradient checkpointing"):
+        estimate(config, Setup(method=PrefixTuning(), gradient_checkpointing=True))
+    with pytest.raises(ValueError, match="for a regex, apply the method to a model"):
+        estimate(config, Setup(method=LoRA(targets=r".*q_proj")))
+    with pytest.raises(ValueError, match="for 'ia3', apply it to a model"):
+        estimate(config, Setup(method="ia3"))
+    with pytest.raises(ValueError, match="Unknown method 'lora2'"):
+        estimate(config, Setup(method="lora2"))
+
+
+def test_preflight_warns_with_the_breakdown_and_what_would_help(base):
+    config = base[0].config
+    setup = Setup(batch_size=64, seq_len=512)
+    with pytest.warns(MemoryWarning) as caught:
+        preflight(config, setup, available=10_000_000)
+    message = str(caught[0].message)
+    assert "more than the 0.01 GB available" in message and "activations" in message
+    assert "gradient checkpointing" in message and "smaller batch (now 64)" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert preflight(config, setup, available=10**12).peak < 10**12
+
+
+def test_training_loop_runs_the_preflight(monkeypatch, tiny_llama):
+    import ftcourse.memory
+    from ftcourse.train import TrainConfig, train
+
+    monkeypatch.setattr(ftcourse.memory, "available_memory", lambda device: 1000)
+    data = [{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8]}, {"input_ids": [5, 6], "labels": [5, 6]}]
+    with pytest.warns(MemoryWarning, match="predicted to need"):
+        train(tiny_llama, data, TrainConfig(max_steps=1, batch_size=2), progress=False)
