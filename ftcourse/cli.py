@@ -3,6 +3,8 @@
     ftcourse doctor                          check this machine
     ftcourse pretrain --out DIR              pretrain the tiny base model from a seed
     ftcourse finetune --method full          fine-tune the profile's base model and score it
+    ftcourse memory --model Llama-2-7B       predict the memory of a training run, itemised
+    ftcourse evaluate --task qa --out r.csv  score a model (or an adapter) with 95% intervals
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ def positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from ftcourse.data import TASK_FIELDS
+    from ftcourse.evaluate import METRICS
+    from ftcourse.memory import OPTIMIZERS, PRECISIONS
     from ftcourse.methods import METHODS
+    from ftcourse.params import REAL_MODELS
     from ftcourse.profiles import PROFILES
 
     parser = argparse.ArgumentParser(prog="ftcourse", description="Fine-tuning course companion.")
@@ -60,12 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=[t for t, f in TASK_FIELDS.items() if "instruction" in f])
     finetune.add_argument("--model", default=None,
                           help="base model: hub id or folder (default: the profile's)")
-    finetune.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (lora, qlora)")
-    finetune.add_argument("--lora-alpha", type=positive_float, default=16.0,
-                          help="LoRA alpha (lora, qlora)")
-    finetune.add_argument("--lora-targets", default=None,
-                          help="comma-separated module names, or all-linear (default: q_proj,v_proj "
-                               "for lora, all-linear for qlora)")
+    add_lora_arguments(finetune)
     finetune.add_argument("--epochs", type=positive_float, default=3.0)
     finetune.add_argument("--lr", type=positive_float, default=1e-3)
     finetune.add_argument("--batch-size", type=positive_int, default=16)
@@ -74,7 +74,43 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score at most this many test items per task")
     finetune.add_argument("--out", default=None, help="save the fine-tuned model here")
     finetune.add_argument("--no-progress", action="store_true")
+
+    evaluate = commands.add_parser("evaluate", help="score a model or adapter on a task's test split")
+    evaluate.add_argument("--model", default=None,
+                          help="base model: hub id or folder (default: the profile's)")
+    evaluate.add_argument("--adapter", default=None, help="a LoRA adapter folder to load on the model")
+    evaluate.add_argument("--task", default="qa",
+                          choices=[t for t, f in TASK_FIELDS.items() if "response" in f])
+    evaluate.add_argument("--metric", default=None, choices=sorted(METRICS),
+                          help="default: the task's own (exact_match, rouge_l for describe)")
+    evaluate.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="score at most this many items")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    evaluate.add_argument("--out", default=None, help="write the table here (.json or .csv)")
+
+    memory = commands.add_parser("memory", help="predict the memory of training a model, itemised")
+    memory.add_argument("--model", default="embedded",
+                        help=f"a folder with config.json, 'embedded', or one of: {', '.join(REAL_MODELS)}")
+    memory.add_argument("--method", choices=sorted(METHODS), default="full")
+    add_lora_arguments(memory)
+    memory.add_argument("--precision", choices=list(PRECISIONS), default="bf16-mixed")
+    memory.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw")
+    memory.add_argument("--batch-size", type=positive_int, default=1, help="sequences per device")
+    memory.add_argument("--seq-len", type=positive_int, default=512, help="tokens per sequence")
+    memory.add_argument("--gradient-checkpointing", action="store_true")
+    memory.add_argument("--zero-stage", type=int, choices=range(4), default=0,
+                        help="shard optimizer states (1), also gradients (2), also weights (3)")
+    memory.add_argument("--devices", type=positive_int, default=1, help="devices to shard over")
+    memory.add_argument("--json", action="store_true", help="print the terms in bytes as JSON")
     return parser
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (lora, qlora)")
+    parser.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA alpha (lora, qlora)")
+    parser.add_argument("--lora-targets", default=None,
+                        help="comma-separated module names, or all-linear (default: q_proj,v_proj "
+                             "for lora, all-linear for qlora)")
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -147,6 +183,65 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ftcourse.data import load_task
+    from ftcourse.evaluate import save_table, score_task, tidy
+    from ftcourse.models import load_base
+
+    model, tokenizer = load_base(args.model, profile=args.profile)
+    name = args.model or "base"
+    if args.adapter:
+        from ftcourse.lora import load_adapter
+
+        model, name = load_adapter(model, args.adapter), f"{name} + {args.adapter}"
+    rows = list(load_task(args.task, profile=args.profile)["test"])[:args.limit]
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row.get("task", args.task), []).append(row)
+    scores = {(name, task): score_task(model, tokenizer, items, metric=args.metric, seed=args.seed)
+              for task, items in by_task.items()}
+    table = tidy(scores)
+    print(f"{'task':<12} {'metric':<12} {'n':>4}  estimate [95% interval]")
+    for row in table:
+        print(f"{row['task']:<12} {row['metric']:<12} {row['n']:>4}  {row['estimate']:.3f} "
+              f"[{row['low']:.3f}, {row['high']:.3f}]")
+    if args.out:
+        print(f"saved to {save_table(table, args.out)}")
+    return 0
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ftcourse.memory import Setup, estimate
+    from ftcourse.models import resolve_model_path
+    from ftcourse.params import REAL_MODELS, count_parameters
+
+    if args.model in REAL_MODELS:
+        config = REAL_MODELS[args.model]
+    else:
+        folder = Path(resolve_model_path(args.model))
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{args.model!r} is neither a local model folder nor a known config "
+                                    f"({', '.join(REAL_MODELS)}); download the model's config.json first.")
+        config = json.loads((folder / "config.json").read_text())
+    setup = Setup(method=method_from_args(args), precision=args.precision, optimizer=args.optimizer,
+                  batch_size=args.batch_size, seq_len=args.seq_len,
+                  gradient_checkpointing=args.gradient_checkpointing, zero_stage=args.zero_stage,
+                  num_devices=args.devices)
+    result = estimate(config, setup)
+    if args.json:
+        print(json.dumps({**result.as_dict(), "trainable": result.footprint.trainable}))
+        return 0
+    total = count_parameters(config).total
+    print(f"{args.model}, {args.method}: {result.footprint.trainable:,} of {total:,} parameters train "
+          f"({result.footprint.trainable / total:.3%}); {args.precision}, {args.optimizer}, batch "
+          f"{args.batch_size} x {args.seq_len} tokens" + (f", ZeRO-{args.zero_stage} over {args.devices}"
+                                                          if args.zero_stage else ""))
+    print(result)
+    return 0
+
+
 def method_from_args(args: argparse.Namespace):
     """The method config the command line asks for."""
     from ftcourse.methods import METHODS, get_method
@@ -161,7 +256,8 @@ def method_from_args(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune}[args.command]
+    run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune,
+           "memory": run_memory, "evaluate": run_evaluate}[args.command]
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as err:

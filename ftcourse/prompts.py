@@ -170,6 +170,11 @@ class SoftPromptModel(nn.Module):
                                      position_ids=positions, use_cache=False, **kwargs)
             output.logits = output.logits[:, n:]
         else:
+            if self.training and getattr(self.base_model, "is_activation_checkpointing", False):
+                raise ValueError("Prefix tuning cannot train with gradient checkpointing: transformers "
+                                 "turns the key/value cache off under it, and the prefix lives in that "
+                                 "cache. Call activation_checkpointing_disable() on the base model, or "
+                                 "use prompt tuning.")
             output = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, n:],
                                      cache=self.prefix_cache(B), use_cache=True, **kwargs)
         return output

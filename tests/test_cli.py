@@ -92,3 +92,70 @@ def test_bad_lora_targets_from_the_command_line_are_a_clear_error(capsys):
                  "--no-progress"])
     assert code == 2
     assert "Target module(s) ['qproj'] match no Linear" in capsys.readouterr().err
+
+
+def test_memory_command_predicts_a_real_model_from_its_config(capsys):
+    import json
+
+    from ftcourse.memory import GB, Setup, estimate
+    from ftcourse.params import REAL_MODELS
+
+    assert main(["memory", "--model", "Llama-2-7B", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    expected = estimate(REAL_MODELS["Llama-2-7B"], Setup(precision="bf16-mixed", batch_size=1, seq_len=512))
+    assert full["peak"] == expected.peak and full["peak"] > 100 * GB
+    assert main(["memory", "--model", "Llama-2-7B", "--method", "qlora", "--lora-r", "64",
+                 "--gradient-checkpointing"]) == 0
+    report = capsys.readouterr().out
+    assert "qlora: 159,907,840 of 6,738,415,616 parameters train" in report and "peak" in report
+    assert main(["memory", "--method", "lora", "--zero-stage", "3", "--devices", "8"]) == 0
+    assert "ZeRO-3 over 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["memory", "--devices", "0"], "argument --devices: must be >= 1, got 0"),
+    (["memory", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    (["memory", "--zero-stage", "5"], "argument --zero-stage: invalid choice: 5"),
+])
+def test_memory_command_refuses_impossible_setups(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_memory_command_explains_what_it_cannot_predict(capsys, tmp_path):
+    assert main(["memory", "--model", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert main(["memory", "--method", "ia3"]) == 2
+    assert "for 'ia3', apply it to a model" in capsys.readouterr().err
+
+
+def test_evaluate_command_writes_the_tidy_table(capsys, tmp_path, base):
+    import csv
+
+    from ftcourse.data import load_task
+    from ftcourse.evaluate import score_task
+
+    out = tmp_path / "scores.csv"
+    assert main(["evaluate", "--task", "qa", "--limit", "12", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    expected = score_task(base[0], base[1], list(load_task("qa")["test"])[:12])
+    assert [(r["model"], r["task"], r["metric"], r["n"]) for r in rows] == [
+        ("base", "qa", "exact_match", "12")]
+    assert float(rows[0]["estimate"]) == expected.ci.estimate and float(rows[0]["low"]) == expected.ci.low
+    assert "saved to" in capsys.readouterr().out
+
+
+def test_evaluate_command_loads_an_adapter_and_refuses_a_bad_output(capsys, tmp_path, base):
+    import copy
+    import json
+
+    from ftcourse.lora import LoRA, apply_lora, save_adapter
+
+    config = LoRA(r=2, targets=("q_proj",))
+    save_adapter(apply_lora(copy.deepcopy(base[0]), config), tmp_path / "adapter", config)
+    assert main(["evaluate", "--adapter", str(tmp_path / "adapter"), "--limit", "4",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())[0]["model"] == f"base + {tmp_path / 'adapter'}"
+    assert main(["evaluate", "--limit", "2", "--out", str(tmp_path / "r.txt")]) == 2
+    assert "Save results as .json or .csv, not '.txt'" in capsys.readouterr().err

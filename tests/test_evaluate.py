@@ -105,3 +105,58 @@ def test_mentions_answer_matches_whole_words_only():
     scores = mentions_answer(["Venka lives in Tessaly.", "a copilot", "Pelmora, of course", ""],
                              ["tessaly", "pilot", "Pelmora", "x"])
     assert scores.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+# ---------------------------------------------------------------- comparisons and contamination
+
+from ftcourse.evaluate import contamination, ngrams, paired_comparison  # noqa: E402
+
+
+def test_bootstrap_interval_covers_the_true_mean_at_about_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    true_mean, trials = 0.3, 300
+    covered = 0
+    for i in range(trials):
+        ci = bootstrap_ci(rng.binomial(1, true_mean, size=80), n_resamples=1000, seed=i)
+        covered += ci.low <= true_mean <= ci.high
+    # 95% nominal; the percentile bootstrap runs a little narrow at n = 80. With 300 trials the
+    # binomial standard error is 1.3 points, so [0.90, 0.99] fails only for a real miscalibration.
+    assert 0.90 <= covered / trials <= 0.99
+
+
+def test_mcnemar_exact_p_value_matches_hand_computation():
+    # B right and A wrong on 9 items, the reverse on 1: p = 2 * P(X <= 1), X ~ Bin(10, 1/2) = 22/1024.
+    a = np.array([0] * 9 + [1] + [1] * 20 + [0] * 10, dtype=float)
+    b = np.array([1] * 9 + [0] + [1] * 20 + [0] * 10, dtype=float)
+    result = paired_comparison(a, b)
+    assert result.test == "McNemar (exact)" and (result.b_only, result.a_only) == (9, 1)
+    assert result.p_value == pytest.approx(22 / 1024, abs=1e-15)
+    assert result.difference.estimate == pytest.approx(8 / 40)
+
+
+def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 1, size=200)                       # e.g. ROUGE-L per item
+    planted = paired_comparison(a, np.clip(a + rng.normal(0.05, 0.1, 200), 0, 1), seed=0)
+    null = paired_comparison(a, np.clip(a + rng.normal(0.0, 0.1, 200), 0, 1), seed=0)
+    assert planted.test == "paired bootstrap"
+    assert planted.p_value < 0.01 and planted.difference.excludes(0)
+    assert null.p_value > 0.05 and not null.difference.excludes(0)
+    with pytest.raises(ValueError, match="same items"):
+        paired_comparison([1, 0, 1], [1, 0])
+
+
+def test_contamination_flags_a_planted_leak():
+    train = ["Where does Kalo Torsel live? Kalo Torsel lives in Pelmora.", "What is the job of Ann Brim?"]
+    test = ["Where does Kalo Torsel live?",                 # verbatim in training: a leak
+            "Which city is home to Tam Orvel these days?",  # unseen
+            "what is the JOB of ann brim"]                  # the same words, other case and punctuation
+    found = contamination(train, test, n=4)
+    assert found.flagged == [0, 2] and found.overlap[1] == 0.0
+    assert "2 of 3 test items" in str(found)
+    assert ngrams("a b c", 2) == {("a", "b"), ("b", "c")} and ngrams("a b", 4) == set()
+    long = "one two three four five six seven eight nine ten"
+    partly = contamination([long], [long + " eleven", "two three four five six seven eight nine"])
+    assert partly.flagged == [0, 1] and partly.overlap[0] == 0.75
+    with pytest.raises(ValueError, match="threshold must be in"):
+        contamination(train, test, threshold=0)

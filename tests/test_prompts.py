@@ -132,3 +132,11 @@ def test_bad_input_is_named(base):
     ours = PrefixTuning(num_virtual_tokens=500).apply(copy.deepcopy(model))
     with pytest.raises(ValueError, match="exceed the model's 512 positions"):
         generate(ours, tokenizer, ["Where does Quadra Mitamk live?"], max_new_tokens=8)
+
+
+def test_prefix_tuning_refuses_gradient_checkpointing(tiny_llama):
+    model = PrefixTuning(num_virtual_tokens=4).apply(tiny_llama)
+    model.base_model.activation_checkpointing_enable()
+    model.train()
+    with pytest.raises(ValueError, match="Prefix tuning cannot train with gradient checkpointing"):
+        model(torch.tensor([[5, 6, 7]]))
