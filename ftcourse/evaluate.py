@@ -117,6 +117,36 @@ def perplexity(model: nn.Module, examples: Sequence[dict[str, list[int]]], batch
     return math.exp(total / count)
 
 
+@torch.no_grad()
+def example_losses(model: nn.Module, examples: Sequence[dict[str, list[int]]], batch_size: int = 32,
+                   pad_id: int | None = None) -> np.ndarray:
+    """(summed next-token loss, labelled tokens) per example, shape (n, 2): the items that a
+    perplexity's confidence interval resamples."""
+    from ftcourse.train import pad_batch, token_logprobs
+
+    pad_id = model.config.pad_token_id if pad_id is None else pad_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = []
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in pad_batch(examples[start:start + batch_size], pad_id).items()}
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        logprobs = token_logprobs(model(**inputs).logits, batch["labels"])
+        counts = (batch["labels"][:, 1:] != -100).sum(dim=1)
+        rows += torch.stack([-logprobs.sum(dim=1).double(), counts.double()], dim=1).tolist()
+    model.train(was_training)
+    return np.array(rows)
+
+
+def perplexity_ci(model: nn.Module, examples: Sequence[dict[str, list[int]]], *, batch_size: int = 32,
+                  pad_id: int | None = None, seed: int = 0) -> CI:
+    """Perplexity with a 95% bootstrap interval over examples (each keeps its own token count)."""
+    losses = example_losses(model, examples, batch_size, pad_id)
+    return bootstrap_ci(losses, statistic=lambda rows: math.exp(rows[:, 0].sum() / rows[:, 1].sum()),
+                        seed=seed)
+
+
 def _same_length(predictions: Sequence[Any], references: Sequence[Any]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"Got {len(predictions)} predictions for {len(references)} references; "

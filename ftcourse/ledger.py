@@ -29,6 +29,8 @@ class Claim:
 CLAIMS: dict[str, Claim] = {
     "ffn-two-thirds": Claim("The FFN holds roughly two-thirds of a transformer's parameters",
                             "01_transformer_internals"),
+    "instruction-lora-independent": Claim("Instruction tuning (the data) and LoRA (the method) are "
+                                          "independent choices", "02_sft_instruction_tuning"),
     "full-ft-7b-memory": Claim("Full fine-tuning of a 7B model needs 100+ GB of VRAM", "04_full_vs_peft"),
     "peft-trainable-share": Claim("PEFT trains ~0.1-2% of the parameters", "04_full_vs_peft"),
     "peft-memory": Claim("PEFT needs 10-100x less memory", "04_full_vs_peft"),
@@ -36,6 +38,11 @@ CLAIMS: dict[str, Claim] = {
     "peft-speed": Claim("PEFT trains faster", "04_full_vs_peft"),
     "peft-forgetting": Claim("PEFT has a lower risk of catastrophic forgetting", "04_full_vs_peft"),
     "qlora-65b": Claim("QLoRA fine-tunes a 65B model on a single GPU", "04_full_vs_peft"),
+    "lora-adapters-swap": Claim("LoRA adapters are MBs, not GBs, and swap on a single base model", "05_lora"),
+    "soft-prompt-size": Claim("Soft prompts train only thousands of parameters (vs millions for LoRA), "
+                              "in KB-sized files", "07_soft_prompts"),
+    "soft-prompt-tasks": Claim("Soft prompts are fine for simple classification, limited for complex "
+                               "generation", "07_soft_prompts"),
     "prompting-first": Claim("Don't fine-tune first: prompting and retrieval solve many problems "
                              "before any training", "08_evaluation"),
 }

@@ -160,3 +160,28 @@ def test_contamination_flags_a_planted_leak():
     assert partly.flagged == [0, 1] and partly.overlap[0] == 0.75
     with pytest.raises(ValueError, match="threshold must be in"):
         contamination(train, test, threshold=0)
+
+
+def test_perplexity_interval_brackets_the_corpus_perplexity(tiny_llama):
+    from ftcourse.evaluate import perplexity_ci
+
+    rng = np.random.default_rng(0)
+    examples = [{"input_ids": ids, "labels": ids} for ids in
+                (rng.integers(4, 200, size=rng.integers(5, 30)).tolist() for _ in range(40))]
+    interval = perplexity_ci(tiny_llama, examples, pad_id=0, batch_size=8)
+    assert interval.estimate == pytest.approx(perplexity(tiny_llama, examples, pad_id=0), rel=1e-5)
+    assert interval.low < interval.estimate < interval.high
+    small = [{"input_ids": [i % 50 for i in ex["input_ids"]], "labels": [i % 50 for i in ex["labels"]]}
+             for ex in examples]
+    uniform = perplexity_ci(UniformLM(50), small, pad_id=0)
+    assert uniform.low == pytest.approx(50.0, rel=1e-6) and uniform.high == pytest.approx(50.0, rel=1e-6)
+
+
+def test_macro_f1_gets_an_interval_through_a_statistic():
+    predictions, references = ["a", "b", "a", "b"] * 10, ["a", "b", "b", "b"] * 10
+    def f1_of(items):
+        return macro_f1([predictions[i] for i in items], [references[i] for i in items])
+
+    interval = bootstrap_ci(np.arange(40), seed=0, statistic=f1_of)
+    assert interval.estimate == pytest.approx(macro_f1(predictions, references))
+    assert interval.low < interval.estimate < interval.high
