@@ -98,23 +98,11 @@ METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]] = {
     "exact_match": exact_match, "rouge_l": rouge_l, "mentions_answer": mentions_answer}
 
 
-@torch.no_grad()
 def perplexity(model: nn.Module, examples: Sequence[dict[str, list[int]]], batch_size: int = 32,
                pad_id: int | None = None) -> float:
     """exp(mean next-token loss) over the labelled tokens of tokenized examples."""
-    from ftcourse.train import causal_lm_loss, pad_batch
-
-    pad_id = model.config.pad_token_id if pad_id is None else pad_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = pad_batch(examples[start:start + batch_size], pad_id)
-        loss_sum, n = causal_lm_loss(model, {k: v.to(device) for k, v in batch.items()})
-        total, count = total + loss_sum.item(), count + int(n)
-    model.train(was_training)
-    return math.exp(total / count)
+    losses = example_losses(model, examples, batch_size, pad_id)
+    return math.exp(losses[:, 0].sum() / losses[:, 1].sum())
 
 
 @torch.no_grad()
@@ -132,6 +120,8 @@ def example_losses(model: nn.Module, examples: Sequence[dict[str, list[int]]], b
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in pad_batch(examples[start:start + batch_size], pad_id).items()}
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        if "attention_mask" not in inputs and "position_ids" in inputs:
+            inputs["use_cache"] = False   # packed rows stay apart by position only without a cache
         logprobs = token_logprobs(model(**inputs).logits, batch["labels"])
         counts = (batch["labels"][:, 1:] != -100).sum(dim=1)
         rows += torch.stack([-logprobs.sum(dim=1).double(), counts.double()], dim=1).tolist()
