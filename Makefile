@@ -1,5 +1,7 @@
 # Two commands do everything on a fresh machine with only Python:
 #   make book   build the site into _build/html, executing every notebook on the tiny profile
+#   make serve  preview the built site at http://127.0.0.1:8000
+#   make bench  our implementations against the libraries' (ratios, benchmarks/results/)
 #   make test   ruff, nbstripout --verify, pytest (unit + nbval notebooks), the book with -W
 # Both create .venv first, installing the CPU build of torch before anything that depends on it.
 
@@ -16,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book test lint clean
+.PHONY: setup browser book serve timings bench test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,24 +29,43 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Headless Chromium for sitetests/: Debian's package (Playwright never downloads a browser here).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
 lint: $(STAMP)
-	$(BIN)/ruff check ftcourse tests benchmarks
-	$(BIN)/nbstripout --verify notebooks/*.ipynb
+	$(BIN)/ruff check ftcourse tests benchmarks sitetests
+	$(BIN)/nbstripout --verify notebooks/*.ipynb book/*.ipynb
 
 book: $(STAMP)
 	rm -rf _build/html _build/jupyter_execute
-	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+serve:
+	@test -f _build/html/index.html || (echo 'No site yet: run make book first.' && exit 1)
+	$(BIN)/python -m http.server 8000 --bind 127.0.0.1 --directory _build/html
+
+# Ours against the libraries on the CPU (benchmarks/README.md): about 4 minutes on 2 cores;
+# writes benchmarks/results/report.json, report.md and ratios.png.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+# Re-measure each notebook's run time for the instructors' guide (book/_timings.md).
+timings: $(STAMP)
+	$(BIN)/python benchmarks/notebook_times.py --measure
 
 # The book reuses what nbval executed (a jupyter-cache), so each notebook runs once per test.
-test: lint
+test: lint browser
 	rm -rf _build
-	$(BIN)/pytest --keep-executed _build/.jupyter_cache
+	$(BIN)/pytest --keep-executed _build/.jupyter_cache --notebook-times _build/notebook_times.json
+	$(BIN)/python benchmarks/notebook_times.py --compare _build/notebook_times.json
 	sed 's/^\(\s*execute_notebooks:\).*/\1 cache/' _config.yml > _build/_config_test.yml
 	grep -q 'execute_notebooks: cache' _build/_config_test.yml
 	$(BIN)/jupyter-book build . --config _build/_config_test.yml -W -n --keep-going
 	test -f _build/html/index.html
 	test -f _build/html/notebooks/00_quickstart.html
 	grep -q '<img' _build/html/notebooks/00_quickstart.html   # figures made it into the site
+	$(BIN)/pytest sitetests -p no:cacheprovider
 
 clean:
 	rm -rf _build

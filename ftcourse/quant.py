@@ -35,6 +35,20 @@ FP4_CODE = torch.tensor([0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0,
 INT4_CODE = torch.arange(-8, 8, dtype=torch.float32) / 7
 CODES: dict[str, Tensor] = {"nf4": NF4_CODE, "fp4": FP4_CODE, "int4": INT4_CODE}
 
+
+def byte_table(code: Tensor) -> Tensor:
+    """The two code values each of the 256 possible bytes stands for (high nibble first), shape (256,).
+
+    Each entry is one int64 holding the bits of the two float32s, so decoding a byte is a single
+    integer lookup that yields both of its values (about twice as fast as gathering float pairs).
+    """
+    byte = torch.arange(256)
+    pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)   # (256, 2) float32
+    return pairs.view(torch.int64).reshape(256)
+
+
+BYTE_TABLES: dict[str, Tensor] = {name: byte_table(code) for name, code in CODES.items()}
+
 DEFAULT_BLOCKSIZE = 64          # numbers sharing one absmax (bitsandbytes' 4-bit default)
 NESTED_BLOCKSIZE = 256          # block maxima sharing one second-level absmax (double quantization)
 
@@ -76,11 +90,11 @@ def nearest_code(scaled: Tensor, code: Tensor) -> Tensor:
     An element exactly halfway between two code values takes the lower one, as bitsandbytes'
     kernels do (bucketize on midpoints; CUDA compares with a strict ">").
     """
-    code = code.to(scaled.device)
-    order = torch.argsort(code, stable=True)
-    sorted_code = code[order]
+    sorted_code, order = code.to(scaled.device).sort(stable=True)
     midpoints = (sorted_code[:-1] + sorted_code[1:]) / 2
-    return order[torch.bucketize(scaled, midpoints)]
+    ranks = torch.bucketize(scaled, midpoints)
+    # NF4, int4 and the dynamic map are stored sorted, so their ranks are already the indices.
+    return ranks if torch.equal(order, torch.arange(len(order), device=order.device)) else order[ranks]
 
 
 def scale_blocks(x: Tensor, blocksize: int) -> tuple[Tensor, Tensor]:
@@ -94,7 +108,7 @@ def scale_blocks(x: Tensor, blocksize: int) -> tuple[Tensor, Tensor]:
     full = flat.numel() - flat.numel() % blocksize
     blocks = flat[:full].view(-1, blocksize)
     absmax = blocks.abs().amax(dim=1)
-    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1).reshape(-1)
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp_(-1, 1).reshape(-1)
     if full < flat.numel():
         tail_absmax = flat[full:].abs().max().clamp(min=1e-38)
         absmax = torch.cat([absmax, tail_absmax.unsqueeze(0)])
@@ -181,8 +195,9 @@ def quantize_4bit(x: Tensor, quant_type: QuantType = "nf4", blocksize: int = DEF
 def dequantize_4bit(q: Quantized4bit) -> Tensor:
     """code[index] * absmax[block], computed in float32 and cast back to the original dtype."""
     n = math.prod(q.shape)
-    values = CODES[q.quant_type].to(q.packed.device)[unpack_nibbles(q.packed, n)]
-    return _times_block_scale(values, q.block_absmax(), q.blocksize).to(q.dtype).reshape(q.shape)
+    table = BYTE_TABLES[q.quant_type].to(q.packed.device)
+    values = table.index_select(0, q.packed.reshape(-1).int()).view(torch.float32)[:n]
+    return _times_block_scale_(values, q.block_absmax(), q.blocksize).to(q.dtype).reshape(q.shape)
 
 
 def quantize_blockwise(x: Tensor, code: Tensor, blocksize: int) -> tuple[Tensor, Tensor]:
@@ -193,7 +208,7 @@ def quantize_blockwise(x: Tensor, code: Tensor, blocksize: int) -> tuple[Tensor,
 
 def dequantize_blockwise(indices: Tensor, absmax: Tensor, code: Tensor, blocksize: int) -> Tensor:
     """Inverse of `quantize_blockwise`, in float32."""
-    return _times_block_scale(code[indices.reshape(-1).long()], absmax, blocksize).reshape(indices.shape)
+    return _times_block_scale_(code[indices.reshape(-1).long()], absmax, blocksize).reshape(indices.shape)
 
 
 def double_quantize(absmax: Tensor, blocksize: int = NESTED_BLOCKSIZE) -> DoubleQuant:
@@ -226,8 +241,10 @@ def from_bitsandbytes(packed: Tensor, state: Any) -> Quantized4bit:
                          state.blocksize)
 
 
-def _times_block_scale(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
-    # values (n,) float32 times the absmax of the block each belongs to; the tail block may be short.
+def _times_block_scale_(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
+    # values (n,) float32 times the absmax of the block each belongs to, in place (they are a fresh
+    # lookup: no second n-sized tensor); the tail block may be short.
     full = values.numel() - values.numel() % blocksize
-    scaled = (values[:full].view(-1, blocksize) * absmax[:full // blocksize, None]).reshape(-1)
-    return scaled if full == values.numel() else torch.cat([scaled, values[full:] * absmax[-1]])
+    values[:full].view(-1, blocksize).mul_(absmax[:full // blocksize, None])
+    values[full:].mul_(absmax[-1])
+    return values

@@ -4,6 +4,17 @@ In a notebook: write the function, then `check("lora_forward", lora_forward)`; a
 gets a message naming the mistake. `show_solution(name)` prints the reference solution.
 """
 
+from ftcourse.exercises import (  # noqa: F401  (importing a module registers its exercises)
+    evaluation,
+    lora,
+    memory,
+    preferences,
+    prompts,
+    quant,
+    quickstart,
+    sft,
+    transformer,
+)
 from ftcourse.exercises.core import (
     EXERCISES,
     Exercise,

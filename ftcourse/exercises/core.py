@@ -8,6 +8,7 @@ reference passes and prints its source (the book hides that output behind a togg
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,14 +97,14 @@ def expect_close(got: object, want: Tensor, what: str, *, atol: float = 1e-6,
     """
     if not isinstance(got, Tensor):
         raise ExerciseFailed(f"{what}: expected a torch.Tensor, got {type(got).__name__}.")
-    if got.shape != want.shape:
-        raise ExerciseFailed(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}.")
     got = got.to(want.dtype)
-    if torch.allclose(got, want, atol=atol, rtol=0):
+    if got.shape == want.shape and torch.allclose(got, want, atol=atol, rtol=0):
         return
-    for mistake, value in (hints or {}).items():
+    for mistake, value in (hints or {}).items():   # before the shape: some mistakes change it
         if value.shape == got.shape and torch.allclose(got, value.to(want.dtype), atol=atol, rtol=0):
             raise ExerciseFailed(f"{what}: {mistake}")
+    if got.shape != want.shape:
+        raise ExerciseFailed(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}.")
     worst = (got - want).abs().max().item()
     raise ExerciseFailed(f"{what}: values differ from the expected ones by up to {worst:.3g} "
                          f"(tolerance {atol:g}).")
@@ -113,3 +114,30 @@ def expect_equal(got: object, want: object, what: str, hint: str = "") -> None:
     """Fail with a specific message unless `got == want` (numbers, strings, lists)."""
     if got != want:
         raise ExerciseFailed(f"{what}: expected {want!r}, got {got!r}. {hint}".rstrip())
+
+
+def expect_number(got: object, want: float, what: str, *, rel: float = 1e-9,
+                  hints: dict[str, float] | None = None) -> None:
+    """Fail with a specific message unless the number `got` equals `want` (within relative `rel`).
+
+    `hints` works as in `expect_close`: an explanation of a common mistake mapped to the number
+    that mistake produces. With rel=0 the numbers must be equal, as counts should be.
+    """
+    try:
+        value = float(got) if not isinstance(got, (str, bytes, bool)) else None
+    except (TypeError, ValueError, RuntimeError):   # e.g. a list, or a tensor of several numbers
+        value = None
+    if value is None:
+        raise ExerciseFailed(f"{what}: expected a single number, got {type(got).__name__}.")
+    if math.isclose(value, want, rel_tol=rel, abs_tol=1e-12 if rel else 0):
+        return
+    numbers = f"expected {_readable(want)}, got {_readable(value)}"
+    for mistake, wrong in (hints or {}).items():
+        if math.isclose(value, wrong, rel_tol=rel, abs_tol=1e-12 if rel else 0):
+            raise ExerciseFailed(f"{what}: {mistake} ({numbers})")
+    raise ExerciseFailed(f"{what}: {numbers}.")
+
+
+def _readable(number: float) -> str:
+    # Whole numbers in full with thousands separators (counts, bytes), others to 6 digits.
+    return f"{int(number):,}" if float(number).is_integer() and abs(number) < 1e18 else f"{number:.6g}"

@@ -1,0 +1,166 @@
+"""Training throughput benchmark: our loop against transformers' `Trainer` and TRL's `SFTTrainer`.
+
+    python benchmarks/train_throughput.py            # 20 steps of batch 16, 5 interleaved repeats, ~3 min
+    python benchmarks/train_throughput.py --quick    # 2 steps of batch 4, once, no memory (for the tests)
+
+All three fully fine-tune a fresh copy of the embedded tiny model (`load_base(profile="tiny")`,
+fp32) on the same token lists: the "instructions" task tokenized once by `tokenize_instructions`
+(prompt masked; tests/test_sft.py proves TRL tokenizes it the same), in the same order (our
+loop's seeded order, given to the libraries with a sequential sampler), padded into the same
+batches (each library's collator is checked against ours on every batch before timing), with the
+same optimizer (torch AdamW, our betas, no weight decay, lr 1e-3, cosine schedule, clipping at 1)
+and no evaluation, saving, logging or progress bar. Tokens/s counts the non-padding tokens over
+the training loop's time: our `TrainResult.seconds`, the libraries' on_train_begin to on_train_end.
+Goal: ours >= 1.0x each library's tokens/s. Peak memory (full runs only, no goal):
+`ftcourse.memory.measure_peak` (torch's profiler) of a 3-step run of each side.
+
+Where they still differ: TRL also computes each token's entropy and accuracy for its logs every
+step (no option turns that off) and takes log-probs through transformers' fused LM head; the
+libraries' cosine warm-up starts at lr 0, ours at lr / warmup steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from comparison import Comparison, interleaved, median, set_threads, spread
+from torch import nn
+
+from ftcourse.data import load_task
+from ftcourse.memory import measure_peak
+from ftcourse.models import load_base
+from ftcourse.sft import tokenize_instructions
+from ftcourse.train import TrainConfig, example_order, make_optimizer, pad_batch, train
+
+GOAL = 1.0
+LIBRARIES = {"trainer": "transformers Trainer", "sft_trainer": "TRL SFTTrainer"}
+Examples = list[dict[str, list[int]]]
+
+
+def library_trainer(kind: str, model: nn.Module, tokenizer: Any, ordered: Examples, config: TrainConfig,
+                    output_dir: str, callbacks: list[Any]) -> Any:
+    """A `Trainer` or `SFTTrainer` set up to do what `ftcourse.train.train(model, ..., config)` does."""
+    import datasets
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
+    from trl import SFTConfig, SFTTrainer
+
+    beta1, beta2 = make_optimizer(model, config).defaults["betas"]
+    common = dict(output_dir=output_dir, per_device_train_batch_size=config.batch_size,
+                  max_steps=config.max_steps, learning_rate=config.lr, lr_scheduler_type=config.schedule,
+                  warmup_steps=math.ceil(config.warmup_ratio * config.max_steps), optim="adamw_torch",
+                  adam_beta1=beta1, adam_beta2=beta2, weight_decay=config.weight_decay,
+                  max_grad_norm=config.max_grad_norm, seed=config.seed, use_cpu=True, bf16=False,
+                  report_to="none", logging_strategy="no", save_strategy="no", eval_strategy="no",
+                  disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0,
+                  activation_checkpointing=False)
+    dataset = datasets.Dataset.from_list(ordered)
+    if kind == "sft_trainer":
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=None, packing=False),
+                             train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    else:
+        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),  # labels: -100
+                          callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)   # with no progress bar it prints the final metrics
+    return trainer
+
+
+def prepare(kind: str, base: nn.Module, tokenizer: Any, examples: Examples, ordered: Examples,
+            config: TrainConfig) -> Callable[[], dict[str, float]]:
+    """Set up one side on a fresh copy of `base`; return the call that trains it and reports the
+    loop's seconds and the whole call's seconds ("wall")."""
+    model = copy.deepcopy(base)
+    if kind == "ours":
+        def run() -> dict[str, float]:
+            began = time.perf_counter()
+            result = train(model, examples, config, progress=False)
+            return {"seconds": result.seconds, "wall": time.perf_counter() - began, "tokens": result.tokens}
+        return run
+
+    from transformers import TrainerCallback
+
+    class LoopTimer(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            self.began = time.perf_counter()
+
+        def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+            self.seconds = time.perf_counter() - self.began
+
+    timer, folder = LoopTimer(), tempfile.TemporaryDirectory()
+    trainer = library_trainer(kind, model, tokenizer, ordered, config, folder.name, [timer])
+    check_same_batches(trainer.data_collator, ordered, config.batch_size, tokenizer.pad_token_id)
+
+    def run_library() -> dict[str, float]:
+        began = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - began
+        folder.cleanup()
+        return {"seconds": timer.seconds, "wall": wall, "tokens": sum(len(ex["input_ids"]) for ex in ordered)}
+    return run_library
+
+
+def check_same_batches(collate: Callable, ordered: Examples, batch_size: int, pad_id: int) -> None:
+    """Fail unless a library's collator pads every batch exactly as our loop does."""
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
+        ours, theirs = pad_batch(chunk, pad_id), collate(chunk)
+        for key, tensor in ours.items():
+            assert torch.equal(tensor, theirs[key]), f"{type(collate).__name__} pads {key} differently"
+
+
+def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
+    """Tokens/s (and, unless `quick`, peak memory) of our loop, Trainer and SFTTrainer."""
+    base, tokenizer = load_base(profile="tiny")
+    task = load_task("instructions", profile="tiny")["train"]
+    examples = tokenize_instructions(tokenizer, task.select(range(16)) if quick else task)
+    steps, batch_size, repeats = (2, 4, repeats or 1) if quick else (20, 16, repeats or 5)
+    config = TrainConfig(max_steps=steps, batch_size=batch_size, lr=1e-3, seed=0)
+    ordered = [examples[i] for i in example_order(len(examples), steps * batch_size, config.seed)]
+
+    def side(kind: str, steps: int) -> Callable[[], dict[str, float]]:
+        short = replace(config, max_steps=steps)
+        return prepare(kind, base, tokenizer, examples, ordered[:steps * batch_size], short)
+
+    sides = ["ours", *LIBRARIES]
+    if not quick:   # a 2-step run of each side first: lazy initialisation stays out of the timings
+        for kind in sides:
+            side(kind, 2)()
+    runs = interleaved({kind: lambda kind=kind: side(kind, steps)() for kind in sides}, repeats, warmup=0)
+    assert len({run["tokens"] for side_runs in runs.values() for run in side_runs}) == 1, "unequal work"
+    per_round = {kind: [run["tokens"] / run["seconds"] for run in runs[kind]] for kind in sides}
+    details = {"steps": steps, "batch_size": batch_size, "repeats": repeats, "runs": runs,
+               "tokens_per_run": runs["ours"][0]["tokens"]}
+    rows = [Comparison(f"train tokens/s vs {name}", "tokens/s", median(per_round["ours"]),
+                       median(per_round[kind]), GOAL, higher_is_better=True, details=details,
+                       spread=spread(per_round["ours"], per_round[kind])) for kind, name in LIBRARIES.items()]
+    if quick:   # torch's memory-timeline analysis takes ~6 s per side: full runs only
+        return rows
+    peak = {kind: measure_peak(side(kind, 3))["total"] for kind in sides}
+    return rows + [Comparison(f"train peak memory vs {name}", "bytes", peak["ours"], peak[kind], None,
+                              higher_is_better=False, details={"steps": 3})
+                   for kind, name in LIBRARIES.items()]
+
+
+def main(argv: list[str] | None = None) -> list[Comparison]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 steps of batch 4, once, no peak memory")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for all sides (default 1)")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    rows = run(args.quick)
+    for row in rows:
+        print(f"{row.benchmark:42s} ours {row.ours:12.0f}   library {row.library:12.0f} {row.metric}   "
+              f"ratio {row.ratio:.2f} (goal {row.goal_text})", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Exercises for learning from preferences: the reward model's loss, DPO's loss, GRPO's advantages.
+
+The oracles are the package's own: `ftcourse.reward.bradley_terry_loss`, `ftcourse.dpo.dpo_loss`
+(tested equal to TRL's DPOTrainer) and `ftcourse.rl.group_advantages` (as TRL's GRPOTrainer).
+Shapes: B pairs; P prompts with G sampled answers each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ftcourse.dpo import dpo_loss
+from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close
+from ftcourse.reward import bradley_terry_loss
+from ftcourse.rl import group_advantages
+
+
+def reward_model_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
+    """Bradley-Terry loss of a reward model, averaged over pairs: -log sigmoid(r_chosen - r_rejected).
+
+    It is small when each chosen answer's reward is well above the rejected one's. F.logsigmoid
+    stays finite where log(sigmoid(x)) underflows to log(0) for a badly ranked pair.
+    """
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+@exercise(chapter="03_rlhf_preferences", solution=reward_model_loss,
+          task="Given the rewards (B,) of the chosen and of the rejected answers, return the mean "
+               "Bradley-Terry loss -log sigmoid(r_chosen - r_rejected).")
+def check_reward_model_loss(answer: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Compare with `bradley_terry_loss` on random pairs, then on one ranked very wrongly."""
+    generator = torch.Generator().manual_seed(0)
+    chosen, rejected = (torch.randn(6, generator=generator, dtype=torch.float64) * 2 for _ in range(2))
+    margin = chosen - rejected
+    hints = {
+        "wrong sign inside: the loss must be small when the chosen reward is the higher one, "
+        "so use r_chosen - r_rejected.": -F.logsigmoid(-margin).mean(),
+        "you forgot the minus: log sigmoid is negative, the loss is its negative.":
+            F.logsigmoid(margin).mean(),
+        "you summed over pairs: take the mean.": -F.logsigmoid(margin).sum(),
+        "you left out the log: the loss is -log sigmoid(margin), a log-likelihood.":
+            -torch.sigmoid(margin).mean()}
+    got = answer(chosen.clone(), rejected.clone())
+    expect_close(got, bradley_terry_loss(chosen, rejected).mean(), "reward_model_loss on 6 random pairs",
+                 atol=1e-10, hints=hints)
+    # A pair ranked very wrongly, in float32: log(sigmoid(-200)) is log(0) there.
+    chosen, rejected = torch.tensor([-100.0, 1.0]), torch.tensor([100.0, 0.5])
+    got = answer(chosen.clone(), rejected.clone())
+    if isinstance(got, Tensor) and not torch.isfinite(got).all():
+        raise ExerciseFailed("reward_model_loss for a pair ranked very wrongly (margin -200, float32): "
+                             f"got {got.item()}. torch.log(torch.sigmoid(x)) underflows to log(0) = -inf; "
+                             "use F.logsigmoid(x), which computes the same value stably.")
+    expect_close(got, bradley_terry_loss(chosen, rejected).mean(), "reward_model_loss with margin -200",
+                 atol=1e-4)
+
+
+def dpo_batch_loss(pi_chosen: Tensor, pi_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                   beta: float = 0.1) -> Tensor:
+    """DPO loss averaged over pairs, from each answer's summed log-prob under policy and reference.
+
+    beta * (log pi - log ref) is an answer's implicit reward; the loss is Bradley-Terry on the
+    chosen minus the rejected reward, so no reward model is needed.
+    """
+    chosen_reward = beta * (pi_chosen - ref_chosen)
+    rejected_reward = beta * (pi_rejected - ref_rejected)
+    return -F.logsigmoid(chosen_reward - rejected_reward).mean()
+
+
+@exercise(chapter="03_rlhf_preferences", solution=dpo_batch_loss,
+          task="Given summed log-probs (B,) of the chosen and rejected answers under the policy and "
+               "the reference, return the mean DPO loss -log sigmoid(beta * (chosen log-ratio - "
+               "rejected log-ratio)), where log-ratio = log pi - log ref.")
+def check_dpo_batch_loss(answer: Callable[..., Tensor]) -> None:
+    """Compare with `dpo_loss` on realistic summed log-probs, at two values of beta."""
+    generator = torch.Generator().manual_seed(0)
+    for beta in (0.1, 0.5):
+        # Summed log-probs of whole answers: negative, a few to a few tens of nats.
+        logps = [-(torch.rand(8, generator=generator, dtype=torch.float64) * 30 + 2) for _ in range(4)]
+        pi_chosen, pi_rejected, ref_chosen, ref_rejected = logps
+        want = dpo_loss(*logps, beta=beta)[0].mean()
+        margin = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
+        hints = {
+            "you left out the reference: the implicit reward is beta * (log pi - log ref).":
+                -F.logsigmoid(beta * (pi_chosen - pi_rejected)).mean(),
+            "you forgot beta: scale the log-ratios by beta inside the sigmoid.": -F.logsigmoid(margin).mean(),
+            "beta goes inside the sigmoid, scaling the log-ratios, not outside multiplying the loss.":
+                -beta * F.logsigmoid(margin).mean(),
+            "wrong sign: the chosen answer's log-ratio minus the rejected one's, each log pi - log ref.":
+                -F.logsigmoid(-beta * margin).mean(),
+            "you summed over pairs: take the mean.": -F.logsigmoid(beta * margin).sum()}
+        got = answer(*(t.clone() for t in logps), beta=beta)
+        expect_close(got, want, f"dpo_batch_loss with beta={beta}", atol=1e-10, hints=hints)
+
+
+def grpo_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
+    """Each answer's reward relative to its group: (r - group mean) / (group std + eps).
+
+    rewards is (P, G): G sampled answers to each of P prompts. Comparing answers to the same
+    prompt replaces PPO's value network; eps keeps a group of equal rewards at 0, not 0/0.
+    """
+    mean = rewards.mean(dim=1, keepdim=True)           # (P, 1)
+    std = rewards.std(dim=1, keepdim=True)             # unbiased, as TRL computes it
+    return (rewards - mean) / (std + eps)
+
+
+@exercise(chapter="03_rlhf_preferences", solution=grpo_advantages,
+          task="Given rewards (P, G), G answers per prompt, return (r - mean) / (std + eps) with the "
+               "mean and the (unbiased) std taken within each prompt's group.")
+def check_grpo_advantages(answer: Callable[..., Tensor]) -> None:
+    """Compare with `group_advantages` on random rewards, then on 0/1 rewards with tied groups."""
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.rand(4, 6, generator=generator, dtype=torch.float64)
+    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)
+    hints = {
+        "you normalised over the whole batch: take the mean and std of each prompt's group (dim=1).":
+            (rewards - rewards.mean()) / (rewards.std() + 1e-4),
+        "you normalised over the prompts (dim=0): a group is one row, the answers to one prompt.":
+            (rewards - rewards.mean(0, keepdim=True)) / (rewards.std(0, keepdim=True) + 1e-4),
+        "you used the population std (unbiased=False): torch.std's default, unbiased, is what TRL uses.":
+            (rewards - mean) / (rewards.std(1, unbiased=False, keepdim=True) + 1e-4),
+        "you only subtracted the mean: divide by the group's std (+ eps) as well.": rewards - mean,
+        "add eps to the std before dividing.": (rewards - mean) / std}
+    got = answer(rewards.clone(), eps=1e-4)
+    expect_close(got, group_advantages(rewards, eps=1e-4), "grpo_advantages on rewards (4, 6)",
+                 atol=1e-10, hints=hints)
+    # Verifiable rewards are 0 or 1, and some groups get the same reward for every answer.
+    binary = torch.tensor([[1, 0, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    got = answer(binary.clone(), eps=1e-4)
+    if isinstance(got, Tensor) and got.isnan().any():
+        raise ExerciseFailed("grpo_advantages on groups whose answers all got the same reward: NaN. Their "
+                             "std is 0, so add eps to the std: such a group teaches nothing, advantage 0.")
+    expect_close(got, group_advantages(binary, eps=1e-4), "grpo_advantages on 0/1 rewards", atol=1e-10)

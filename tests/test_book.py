@@ -1,0 +1,72 @@
+"""The book's structure: every page in the table of contents, every notebook runnable on Colab,
+the instructors' timings checked against a fresh run."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [chapter["file"] for part in toc["parts"] for chapter in part["chapters"]]
+
+
+def test_every_page_is_in_the_toc_and_every_toc_entry_exists():
+    listed = toc_files()
+    assert len(listed) == len(set(listed)), "a page is listed twice in _toc.yml"
+    pages = [str(path.relative_to(ROOT).with_suffix("")) for folder in ("notebooks", "book")
+             for path in sorted((ROOT / folder).glob("*")) if path.suffix in (".ipynb", ".md")
+             and not path.name.startswith("_")]
+    assert sorted(pages) == sorted(listed)
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda path: path.stem)
+def test_each_notebook_installs_the_package_on_colab_from_the_repository(notebook):
+    repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    first_code = next(cell for cell in nbformat.read(notebook, 4).cells if cell.cell_type == "code")
+    assert 'if "google.colab" in sys.modules' in first_code.source  # a no-op everywhere else
+    assert f"git+{repository}" in first_code.source
+    assert first_code.metadata.get("tags") == ["remove-cell"]      # hidden on the site
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(re.findall(r"^@\w+\{([^,]+),", (ROOT / "book" / "references.bib").read_text(), re.M))
+    texts = [path.read_text() for path in (ROOT / "book").glob("*.md")]
+    texts += [cell.source for path in (ROOT / "notebooks").glob("*.ipynb")
+              for cell in nbformat.read(path, 4).cells]
+    cited = {key.strip() for text in texts for group in re.findall(r"\{cite(?::[pt])?\}`([^`]+)`", text)
+             for key in group.split(",")}
+    assert cited, "no citations found: the pattern is out of date"
+    assert cited <= keys, f"cited but not in book/references.bib: {sorted(cited - keys)}"
+    assert keys <= cited, f"in book/references.bib but never cited: {sorted(keys - cited)}"
+
+
+def load_notebook_times():
+    spec = importlib.util.spec_from_file_location("notebook_times", ROOT / "benchmarks" / "notebook_times.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_timings_drift_beyond_half_or_ten_seconds_is_reported():
+    times = load_notebook_times()
+    saved = {"a.ipynb": 100.0, "b.ipynb": 4.0, "c.ipynb": 60.0}
+    fresh = {"a.ipynb": 149.0, "b.ipynb": 13.0, "c.ipynb": 95.0, "d.ipynb": 1.0}
+    problems = times.compare(fresh, saved)
+    assert problems == ["c.ipynb: 95 s now vs 60 s in the guide", "d.ipynb: not in the guide's timings"]
+    assert times.compare({"a.ipynb": 100.0}, {"a.ipynb": 100.0, "b.ipynb": 4.0}) == [
+        "b.ipynb: saved in notebook_times.json but not in the fresh run"]
+
+
+def test_the_guides_timings_table_is_the_saved_measurement():
+    times = load_notebook_times()
+    saved = yaml.safe_load(times.SAVED.read_text())["seconds"]
+    assert {Path(notebook).stem for notebook in saved} == {Path(page).name for page in toc_files()
+                                                          if (ROOT / f"{page}.ipynb").exists()}
+    assert times.TABLE.read_text().endswith(times.markdown_table(saved))
