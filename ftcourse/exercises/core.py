@@ -74,13 +74,12 @@ def check(name: str, answer: Callable) -> bool:
     return True
 
 
-def show_solution(name: str) -> str:
-    """Check the reference solution of `name` passes, print its source and return it."""
+def show_solution(name: str) -> None:
+    """Check the reference solution of `name` passes and print its source (nothing is returned, so
+    a notebook shows the solution once, as printed text)."""
     task = get(name)
     task.run_tests(task.solution)
-    source = inspect.getsource(task.solution)
-    print(source)
-    return source
+    print(inspect.getsource(task.solution))
 
 
 def for_chapter(chapter: str) -> list[Exercise]:
