@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
 
-.PHONY: setup browser book serve timings bench test lint clean
+.PHONY: setup browser book serve timings catalogue bench test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(STAMP)
 # Re-measure each notebook's run time for the instructors' guide (book/_timings.md).
 timings: $(STAMP)
 	$(BIN)/python benchmarks/notebook_times.py --measure
+
+# Regenerate the book's table of bad inputs (book/_catalogue.md) from tests/catalogue.py.
+catalogue: $(STAMP)
+	$(BIN)/python tests/catalogue.py
 
 # The book reuses what nbval executed (a jupyter-cache), so each notebook runs once per test.
 test: lint browser

@@ -7,6 +7,7 @@ the range of the ratios measured within single rounds.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -47,6 +48,12 @@ class Comparison:
     @property
     def goal_text(self) -> str:
         return "none" if self.goal is None else f"{'>=' if self.higher_is_better else '<='} {self.goal:g}x"
+
+    def summary(self) -> str:
+        """One printed line: both sides, the ratio and its goal."""
+        scale, unit = (1e3, "ms") if self.metric == "seconds" else (1, self.metric)
+        return (f"{self.benchmark:48s} ours {self.ours * scale:12.1f}   library {self.library * scale:12.1f} "
+                f"{unit}   ratio {self.ratio:.2f} (goal {self.goal_text})")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio, "met": self.met, "goal_text": self.goal_text}
@@ -99,6 +106,21 @@ def set_threads(threads: int) -> int:
     """
     torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def command_line(run: Callable[[bool], list[Comparison]], description: str, quick: str,
+                 argv: list[str] | None = None) -> list[Comparison]:
+    """The command line every benchmark shares: `--quick` (described by `quick`) and `--threads`;
+    runs the benchmark, prints one line per comparison and returns them."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every side (default 1)")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    rows = run(args.quick)
+    for row in rows:
+        print(row.summary(), flush=True)
+    return rows
 
 
 def machine() -> dict[str, Any]:

@@ -11,13 +11,12 @@ gradient into the input and the adapter, gradients cleared. Goal: ours <= 1.1x p
 
 from __future__ import annotations
 
-import argparse
 import copy
 from dataclasses import dataclass
 from functools import partial
 
 import torch
-from comparison import Comparison, interleaved_seconds, median, set_threads, spread
+from comparison import Comparison, command_line, interleaved_seconds, median, spread
 from torch import nn
 
 from ftcourse.lora import LoRA, apply_lora
@@ -102,16 +101,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
 
 
 def main(argv: list[str] | None = None) -> list[Comparison]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes and few repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    rows = run(args.quick)
-    for row in rows:
-        print(f"{row.benchmark:48s} ours {row.ours * 1e3:8.1f} ms   peft {row.library * 1e3:8.1f} ms   "
-              f"ratio {row.ratio:.2f} (goal {row.goal_text})", flush=True)
-    return rows
+    return command_line(run, __doc__.split("\n")[0], "small shapes and few repeats", argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ bitsandbytes quantizes with PyTorch ops on the CPU but dequantizes with a native
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from comparison import Comparison, interleaved_seconds, median, set_threads, spread
+from comparison import Comparison, command_line, interleaved_seconds, median, spread
 
 from ftcourse.quant import dequantize_4bit, from_bitsandbytes, quantize_4bit
 
@@ -58,16 +56,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
 
 
 def main(argv: list[str] | None = None) -> list[Comparison]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small weight and few repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    rows = run(args.quick)
-    for row in rows:
-        print(f"{row.benchmark:30s} ours {row.ours * 1e3:8.1f} ms  bitsandbytes {row.library * 1e3:8.1f} ms  "
-              f"ratio {row.ratio:.2f} (goal {row.goal_text})", flush=True)
-    return rows
+    return command_line(run, __doc__.split("\n")[0], "a small weight and few repeats", argv)
 
 
 if __name__ == "__main__":

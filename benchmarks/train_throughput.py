@@ -21,7 +21,6 @@ libraries' cosine warm-up starts at lr 0, ours at lr / warmup steps.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import tempfile
@@ -31,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from comparison import Comparison, interleaved, median, set_threads, spread
+from comparison import Comparison, command_line, interleaved, median, spread
 from torch import nn
 
 from ftcourse.data import load_task
@@ -150,16 +149,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
 
 
 def main(argv: list[str] | None = None) -> list[Comparison]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 steps of batch 4, once, no peak memory")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for all sides (default 1)")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    rows = run(args.quick)
-    for row in rows:
-        print(f"{row.benchmark:42s} ours {row.ours:12.0f}   library {row.library:12.0f} {row.metric}   "
-              f"ratio {row.ratio:.2f} (goal {row.goal_text})", flush=True)
-    return rows
+    return command_line(run, __doc__.split("\n")[0], "2 steps of batch 4, once, no peak memory", argv)
 
 
 if __name__ == "__main__":

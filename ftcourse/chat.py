@@ -53,9 +53,31 @@ def check_chat(chat: Sequence[dict[str, str]], where: str = "the chat") -> None:
                              "every turn needs text (an empty response teaches the model to say nothing).")
     if not any(message["role"] == "assistant" for message in chat):
         raise ValueError(f"{where} has no assistant turn, so there is nothing to learn from it.")
+    if chat[0]["role"] == "assistant":
+        raise ValueError(f"{where} opens with an assistant turn; open it with a system or user turn "
+                         "(a greeting can go in a system message), as chat models are trained.")
+
+
+def check_no_special_text(tokenizer: Any, chat: Sequence[dict[str, str]], where: str = "the chat") -> None:
+    """Raise ValueError if a turn's text spells a special token, such as '<eos>' or '<|user|>'.
+
+    The tokenizer would read it as that token: an EOS mid-answer teaches the model to stop there,
+    a role token fakes a turn that is not there.
+    """
+    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    for index, message in enumerate(chat):
+        if found := sorted(token for token in specials if token in message["content"]):
+            raise ValueError(f"{where}, message {index} ({message['role']}): the text contains {found[0]!r}, "
+                             "which the tokenizer reads as a special token, not as text. Remove or "
+                             "rewrite it in the data (e.g. '< eos >').")
 
 
 def _render(tokenizer: Any, chat: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"The tokenizer ({name}) has no chat template, so chats cannot be formatted. "
+                         "Use the tokenizer of an instruct model, or set one: tokenizer.chat_template "
+                         "= ftcourse.chat.CHAT_TEMPLATE (its role tokens must be in the vocabulary).")
     return tokenizer.apply_chat_template(list(chat), add_generation_prompt=add_generation_prompt,
                                          return_dict=False)
 
@@ -75,6 +97,7 @@ def tokenize_chat(tokenizer: Any, chat: Sequence[dict[str, str]], *, mask_prompt
             never sees the end of a response as something to predict, so it never learns to stop.
     """
     check_chat(chat)
+    check_no_special_text(tokenizer, chat)
     input_ids = _render(tokenizer, chat)
     labels = list(input_ids) if not mask_prompt else [-100] * len(input_ids)
     for turn, message in enumerate(chat):
@@ -105,6 +128,9 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> lis
     Each row has `input_ids`, `labels` and `position_ids` that restart at 0 for every example; the
     first label of every example is -100 (it would be predicted from the previous example).
     """
+    if empty := [i for i, ex in enumerate(examples) if not ex["input_ids"]]:
+        raise ValueError(f"{len(empty)} example(s) (first: {empty[0]}) have no tokens; drop them before "
+                         "packing.")
     if too_long := [i for i, ex in enumerate(examples) if len(ex["input_ids"]) > max_len]:
         raise ValueError(f"{len(too_long)} example(s) (first: {too_long[0]}) are longer than "
                          f"max_len={max_len}; packing keeps examples whole. Raise max_len or filter them.")

@@ -3,6 +3,7 @@
     ftcourse doctor                          check this machine
     ftcourse pretrain --out DIR              pretrain the tiny base model from a seed
     ftcourse finetune --method full          fine-tune the profile's base model and score it
+                                             (refused if predicted not to fit in memory)
     ftcourse memory --model Llama-2-7B       predict the memory of a training run, itemised
     ftcourse evaluate --task qa --out r.csv  score a model (or an adapter) with 95% intervals
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score at most this many test items per task")
     finetune.add_argument("--out", default=None, help="save the fine-tuned model here")
     finetune.add_argument("--no-progress", action="store_true")
+    finetune.add_argument("--ignore-memory-check", action="store_true",
+                          help="start even if the memory model predicts the run will not fit (it is "
+                               "refused otherwise, before any scoring or training)")
 
     evaluate = commands.add_parser("evaluate", help="score a model or adapter on a task's test split")
     evaluate.add_argument("--model", default=None,
@@ -143,12 +148,16 @@ def run_pretrain(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     from ftcourse.data import load_task
     from ftcourse.evaluate import score_task
+    from ftcourse.memory import MemoryWarning
     from ftcourse.models import load_base
     from ftcourse.sft import finetune
     from ftcourse.train import TrainConfig
 
     model, tokenizer = load_base(args.model, profile=args.profile)
     data = load_task(args.task, profile=args.profile)
+    method = method_from_args(args)
+    if refuse_if_too_big(args, model, tokenizer, data["train"], method):
+        return 2
     test_by_task: dict[str, list[dict]] = {}
     for row in data["test"]:
         test_by_task.setdefault(row["task"], []).append(row)
@@ -156,9 +165,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         test_by_task = {task: rows[:args.limit] for task, rows in test_by_task.items()}
     before = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    method = method_from_args(args)
-    model, result = finetune(model, tokenizer, data["train"], method, config,
-                             progress=not args.no_progress)
+    with warnings.catch_warnings():
+        if args.ignore_memory_check:        # the check above has said it; the training loop would repeat it
+            warnings.simplefilter("ignore", MemoryWarning)
+        model, result = finetune(model, tokenizer, data["train"], method, config,
+                                 progress=not args.no_progress)
     after = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     print(f"{args.method} fine-tuning on {args.task}: {len(result.history)} steps, "
           f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s")
@@ -166,21 +177,84 @@ def run_finetune(args: argparse.Namespace) -> int:
     for task in test_by_task:
         print(f"{task:<12} {after[task].metric:<12} {len(after[task].scores):>4}  "
               f"{before[task].ci!s:>22}  {after[task].ci!s:>22}")
-    if args.out and args.method in ("lora", "qlora"):
-        from ftcourse.lora import save_adapter
+    if args.out:
+        from ftcourse.methods import save_trained
 
-        save_adapter(model, args.out, getattr(method, "lora", method), base_model_name=args.model)
-        print(f"saved the adapter to {args.out}")
-    elif args.out and args.method in ("prompt_tuning", "prefix_tuning"):
-        from ftcourse.prompts import save_soft_prompt
-
-        save_soft_prompt(model, args.out)
-        print(f"saved the soft prompt to {args.out}")
-    elif args.out:
-        model.save_pretrained(args.out, safe_serialization=True)
-        tokenizer.save_pretrained(args.out)
-        print(f"saved to {args.out}")
+        print(f"saved to {save_trained(model, method, args.out, tokenizer)}")
     return 0
+
+
+# The flags of `ftcourse finetune` that change a term of the memory model, for its suggestions.
+FINETUNE_FLAGS = {"method": "--method", "batch_size": "--batch-size"}
+
+
+def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence[dict], method) -> bool:
+    """Whether to refuse the run: memory.preflight predicts it will not fit on the device it will
+    train on. It says so on stderr, with the breakdown and what would fit; --ignore-memory-check
+    turns the refusal into a warning. The sequence length is the longest tokenised example (the
+    training loop pads each batch to its longest); precision and device are the ones it will use."""
+    from ftcourse.memory import Setup, WontFit, available_memory, preflight, stored_bytes
+    from ftcourse.params import config_value
+    from ftcourse.sft import tokenize_instructions
+
+    if config_value(model.config, "intermediate_size") is None:
+        print("ftcourse finetune: note: no memory check, the memory model counts Llama-family models only",
+              file=sys.stderr)
+        return False
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    lengths = [len(example["input_ids"]) for example in tokenize_instructions(tokenizer, rows)]
+    lengths = [n for n in lengths if max_len is None or n <= max_len]   # finetune leaves out longer ones
+    if not lengths:
+        return False                            # finetune says why there is nothing to train on
+    setup = Setup(method=method, precision=training_precision(model), seq_len=max(lengths),
+                  batch_size=min(args.batch_size, len(lengths)), padding=len(set(lengths)) > 1)
+    device = training_device()
+    # The weights are loaded already: on the CPU MemAvailable lacks them, yet the estimate counts them.
+    available = available_memory(device) + (stored_bytes(model) if device == "cpu" else 0)
+    try:
+        preflight(memory_subject(model, method), setup, available, refuse=True, flags=FINETUNE_FLAGS)
+    except WontFit as err:
+        plan = (f"{args.method} fine-tuning, {setup.precision}, batch {setup.batch_size} x {setup.seq_len} "
+                f"tokens (the longest tokenised training example), on {device}")
+        if args.ignore_memory_check:
+            print(f"ftcourse finetune: warning: starting {plan} despite the memory check "
+                  f"(--ignore-memory-check).\n{err}", file=sys.stderr)
+            return False
+        print(f"ftcourse finetune: refused to start {plan}.\n{err}\n"
+              "To start it anyway, pass --ignore-memory-check.", file=sys.stderr)
+        return True
+    return False
+
+
+def memory_subject(model, method):
+    """What the memory model counts for `method` on `model`: a twin of it on the meta device (shapes,
+    no weights) with the method applied, or for QLoRA, whose 4-bit layers need real weights, the config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if method.name == "qlora":
+        return model.config
+    with torch.device("meta"):
+        twin = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    return method.apply(twin)
+
+
+def training_precision(model) -> str:
+    """The memory model's precision for a run of ftcourse.train: bf16 autocast if Accelerate is
+    asked for it, else the weights' own dtype (float16 costs what bfloat16 does)."""
+    import os
+
+    import torch
+
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16":
+        return "bf16-mixed"
+    return "fp32" if model.dtype == torch.float32 else "bf16"
+
+
+def training_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"   # as ftcourse.train's Accelerator picks
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

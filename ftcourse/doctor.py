@@ -1,8 +1,10 @@
 """`ftcourse doctor`: what this machine has, checked rather than assumed.
 
 Python, torch, the accelerator, the bitsandbytes 4-bit backend (by quantizing a tensor), every
-dependency's version against the tested range in the package metadata, and whether the embedded
-model loads. The first step of every lab: a problem shows here, not halfway through a chapter.
+dependency's version against the tested range in the package metadata, whether the embedded
+model loads, and the safe-loading settings: pickle files refused, torch.load's weights_only, remote
+code off, the hub online or not. The first step of every lab: a problem shows here, not halfway
+through a chapter.
 """
 
 from __future__ import annotations
@@ -103,6 +105,102 @@ def check_embedded_model() -> Check:
         return Check("embedded model", "failed to load", False, f"{type(err).__name__}: {err}")
 
 
+# ---------------------------------------------------------------- safe loading
+
+class _PickledCall:
+    """A harmless pickle payload: unpickling it calls Check(...) where a malicious file would call
+    os.system, so a load that does not raise has run code from the file."""
+
+    def __reduce__(self) -> tuple:
+        return (Check, ("pickled code", "ran", False))
+
+
+def check_safetensors_only() -> Check:
+    """Offer load_base and the adapter reader a folder whose weights are pickle files only; both
+    must refuse it for want of safetensors."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from ftcourse.lora import read_adapter_weights
+    from ftcourse.models import EMBEDDED_MODEL, load_base
+
+    with tempfile.TemporaryDirectory() as folder:
+        for file in EMBEDDED_MODEL.iterdir():     # the embedded model's config and tokenizer, no weights
+            if file.suffix != ".safetensors":
+                (Path(folder) / file.name).write_bytes(file.read_bytes())
+        loads = {"pytorch_model.bin": lambda: load_base(folder, profile="tiny"),
+                 "adapter_model.bin": lambda: read_adapter_weights(folder)}
+        loaded, unclear = [], []
+        for name, load in loads.items():
+            torch.save({}, Path(folder) / name)
+            try:
+                load()
+                loaded.append(f"loaded {name}: a pickle file can run code")
+            except (OSError, ValueError) as err:   # refused; it must be for want of safetensors
+                reason = f"{err} {err.__cause__ or ''}"
+                if "safetensors" not in reason:
+                    unclear.append(f"{name} failed otherwise: {reason[:120]}")
+    if loaded or unclear:
+        return Check("weights format", "pickle loads" if loaded else "unverified", False,
+                     "; ".join(loaded + unclear))
+    return Check("weights format", "safetensors only", True,
+                 "model and adapter folders holding only .bin (pickle) weights are refused")
+
+
+def check_torch_load() -> Check:
+    """torch.load a pickle that calls a function, with weights_only=True and with torch's default."""
+    import io
+    import pickle
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(_PickledCall(), buffer)
+    ran = []
+    for kwargs, label in (({"weights_only": True}, "weights_only=True"), ({}, "the default")):
+        buffer.seek(0)
+        try:
+            torch.load(buffer, **kwargs)
+            ran.append(label)
+        except pickle.UnpicklingError:               # what weights_only raises for a forbidden global
+            pass
+    version = f"torch {torch.__version__}"
+    if ran:
+        return Check("torch.load", "runs pickled code", False, f"{version}: with {' and '.join(ran)} "
+                     "it ran a pickle's function (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set?)")
+    return Check("torch.load", "weights_only=True", True,
+                 f"{version} refused a pickle that calls a function, with it and by default")
+
+
+def check_remote_code() -> Check:
+    """load_base's default for trust_remote_code, and the one variable transformers reads about it."""
+    import inspect
+    import os
+
+    from ftcourse.models import load_base
+
+    default = inspect.signature(load_base).parameters["trust_remote_code"].default
+    # transformers reads no variable that turns remote model code on; TRUST_REMOTE_CODE (true values
+    # as its strtobool takes them) lets its RAG retriever unpickle an index.
+    variable = os.environ.get("TRUST_REMOTE_CODE", "")
+    unpickles = variable.lower() in ("1", "y", "yes", "t", "true", "on")
+    note = (f"load_base's default; TRUST_REMOTE_CODE={variable} lets transformers unpickle RAG indexes"
+            if unpickles else "load_base's default; no environment variable turns it on")
+    return Check("trust_remote_code", "off by default" if default is False else f"default {default!r}",
+                 default is False and not unpickles, note)
+
+
+def check_hub_offline() -> Check:
+    """Informational: whether the Hugging Face hub may download (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return Check("HF_HUB_OFFLINE", "offline", True, "models load from local folders and the cache only")
+    return Check("HF_HUB_OFFLINE", "online", True, "a model not in the cache downloads from the hub")
+
+
 def run_checks() -> list[Check]:
     """Every check of the report, in the order it is printed."""
     import os
@@ -121,7 +219,8 @@ def run_checks() -> list[Check]:
     except ValueError as err:
         checks.append(Check("profile", os.environ.get("FTCOURSE_PROFILE", ""), False, str(err)))
     return (checks + check_accelerator() + [check_bitsandbytes()] + check_versions()
-            + [check_embedded_model()])
+            + [check_embedded_model(), check_safetensors_only(), check_torch_load(), check_remote_code(),
+               check_hub_offline()])
 
 
 def format_report(checks: list[Check]) -> str:

@@ -47,6 +47,12 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
         raise ValueError(f"{len(too_long)} prompt(s) (first: index {too_long[0]}) plus "
                          f"max_new_tokens={max_new_tokens} exceed the model's {limit} positions; "
                          "shorten the prompts or lower max_new_tokens.")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and (outside := [(i, t) for i, ids in enumerate(prompts) for t in ids
+                                          if not 0 <= t < vocab]):
+        raise ValueError(f"{len(outside)} token id(s) are outside the model's vocabulary of {vocab} "
+                         f"(first: {outside[0][1]} in prompt {outside[0][0]}); the prompts were encoded "
+                         "with another tokenizer. Encode them with this model's tokenizer.")
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else \
         {"do_sample": False}
     device = next(model.parameters()).device

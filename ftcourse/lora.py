@@ -223,18 +223,40 @@ def read_adapter_config(directory: str | Path) -> LoRA:
                 targets=targets if isinstance(targets, str) else tuple(sorted(targets)))
 
 
+def read_adapter_weights(directory: str | Path) -> dict[str, Tensor]:
+    """The tensors of `directory/adapter_model.safetensors`; a pickle file (.bin) is refused, unread,
+    since unpickling can run any code, and a damaged file is named as such."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / ADAPTER_WEIGHTS
+    if not path.is_file():
+        pickled = sorted(p.name for p in Path(directory).glob("adapter_model.*")
+                         if p.suffix in (".bin", ".pt"))
+        if pickled:
+            raise ValueError(f"{directory} holds {pickled[0]}, a pickle file, which can run code when "
+                             f"loaded; ftcourse loads {ADAPTER_WEIGHTS} only. If you trust the file, "
+                             "convert it with peft: PeftModel.from_pretrained(base, folder)"
+                             ".save_pretrained(new_folder, safe_serialization=True).")
+        raise FileNotFoundError(f"No {ADAPTER_WEIGHTS} in {directory}; save the adapter with save_adapter "
+                                "(or peft's save_pretrained) first.")
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt: {err}); "
+                         "save the adapter again.") from None
+
+
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load a saved LoRA adapter into `model`, adding LoRA layers first if it has none.
 
     A model that already has LoRA layers of the same shapes swaps to the new weights in place:
     several adapters share one base model and one copy of its weights.
     """
-    from safetensors.torch import load_file
-
     config = read_adapter_config(directory)
+    weights = read_adapter_weights(directory)
     if not lora_layers(model):
         apply_lora(model, config)
-    weights = load_file(Path(directory) / ADAPTER_WEIGHTS)
     ours = lora_state_dict(model)
     for key in sorted(set(weights) & set(ours)):
         if weights[key].shape != ours[key].shape:
@@ -263,4 +285,5 @@ def _model_name(model: nn.Module) -> str | None:
 
 
 __all__ = ["LoRA", "LoRALinear", "adapters_disabled", "apply_lora", "load_adapter", "lora_layers",
-           "lora_state_dict", "merge_lora", "read_adapter_config", "save_adapter", "unmerge_lora"]
+           "lora_state_dict", "merge_lora", "read_adapter_config", "read_adapter_weights", "save_adapter",
+           "unmerge_lora"]

@@ -5,7 +5,7 @@ optimizer states and activations for any method, precision, optimizer, batch and
 the standard accounting (16 bytes per parameter for mixed-precision Adam, ZeRO's stages) plus an
 activation model of HF Llama's backward, stated in `activation_bytes`. `measure_training_step`
 profiles a real step with torch's memory profiler; tests/test_memory.py holds the two within 15%.
-`preflight` warns before a run whose estimate exceeds the memory at hand.
+`preflight` warns before a run whose estimate exceeds the memory at hand, or refuses it (`WontFit`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -280,6 +280,9 @@ def footprint_of_config(config: Any, setup: Setup) -> Footprint:
             raise ValueError("The memory model counts LoRA targets given as names or 'all-linear'; for "
                              "a regex, apply the method to a model and pass the model.")
         targets = frozenset(shapes if lora.targets == "all-linear" else lora.targets)
+        if unknown := sorted(targets - set(shapes)):
+            raise ValueError(f"LoRA targets {unknown} match no linear layer of a Llama-family layer; "
+                             f"available: {', '.join(shapes)}. Fix LoRA.targets.")
         if method.name == "qlora":
             linear = {name: d_in * d_out for name, (d_in, d_out) in shapes.items()}
             packed = sum(stored_4bit_bytes(n, method.double_quant) for n in linear.values())
@@ -404,37 +407,65 @@ def available_memory(device: str | torch.device = "cpu") -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def suggestions(estimate: MemoryEstimate) -> list[str]:
-    """What would shrink the biggest terms of an estimate, biggest first."""
-    setup, footprint, tips = estimate.setup, estimate.footprint, []
+def suggestions(estimate: MemoryEstimate, flags: Mapping[str, str] | None = None) -> list[str]:
+    """What would shrink the biggest terms of an estimate, biggest first.
+
+    Args:
+        flags: the command-line flag that changes a Setup field ("method", "batch_size", "seq_len",
+            "gradient_checkpointing", "optimizer"), named in its tip; a field without one gets none.
+    """
+    setup, footprint, flags, tips = estimate.setup, estimate.footprint, flags or {}, []
+
+    def flag(field: str, value: str = "") -> str:   # "--method lora, " or "" where there is no flag
+        return f"{flags[field]} {value}".rstrip() + ", " if field in flags else ""
+
     if estimate.gradients + estimate.optimizer > estimate.weights / 2:
-        tips.append("train fewer parameters: LoRA (--method lora) keeps the base frozen, so its "
-                    "gradients and optimizer states vanish")
+        tips.append(f"train fewer parameters: LoRA ({flag('method', 'lora')}the base stays frozen, so "
+                    "its gradients and optimizer states vanish)")
     if estimate.weights > estimate.activations and not footprint.quantized:
-        tips.append("store the frozen base in 4 bits: QLoRA (--method qlora)")
+        tips.append(f"store the frozen base in 4 bits: QLoRA ({flag('method', 'qlora')}LoRA on NF4 weights)")
     if estimate.activations > estimate.weights and not setup.gradient_checkpointing:
-        tips.append("turn on gradient checkpointing (keeps one input per layer, rebuilds the rest)")
+        tips.append(f"turn on gradient checkpointing ({flag('gradient_checkpointing')}keeps one input per "
+                    "layer, rebuilds the rest)")
     if estimate.activations + estimate.loss > estimate.weights:
-        tips.append(f"a smaller batch (now {setup.batch_size}) with gradient accumulation, or shorter "
-                    f"sequences (now {setup.seq_len} tokens)")
+        tips.append(f"a smaller batch ({flag('batch_size')}now {setup.batch_size}) with gradient "
+                    f"accumulation, or shorter sequences ({flag('seq_len')}now {setup.seq_len} tokens)")
     if setup.optimizer == "adamw" and estimate.optimizer > 0.1 * estimate.peak:
-        tips.append("8-bit AdamW (bitsandbytes) stores the two moments in 1 byte each")
+        tips.append(f"8-bit AdamW ({flag('optimizer', 'adamw-8bit')}bitsandbytes; the two moments take "
+                    "1 byte each)")
     return tips
 
 
-def preflight(model: Any, setup: Setup, available: int | None = None,
-              device: str | torch.device = "cpu") -> MemoryEstimate:
-    """Estimate a run before it starts; warn, with the breakdown and what would help, when the
-    predicted peak exceeds the memory available on `device` (or `available` bytes)."""
-    result = estimate(model, setup)
-    available = available_memory(device) if available is None else available
-    if result.peak > available:
-        tips = "\n".join(f"  - {tip}" for tip in suggestions(result))
-        warnings.warn(f"This run is predicted to need {result.peak / GB:.2f} GB per device, more than "
-                      f"the {available / GB:.2f} GB available.\n{result}\nTo fit it:\n{tips}",
-                      MemoryWarning, stacklevel=2)
-    return result
+def format_bytes(count: float) -> str:
+    return f"{count / GB:.2f} GB" if count >= GB else f"{count / 1e6:.2f} MB"
+
+
+class WontFit(MemoryError):
+    """A run is predicted not to fit in memory: its `estimate`, the bytes `available`, and a message
+    with the breakdown and what would make it fit."""
+
+    def __init__(self, estimate: MemoryEstimate, available: int, flags: Mapping[str, str] | None = None):
+        self.estimate, self.available = estimate, available
+        tips = suggestions(estimate, flags) or ["a device with more memory"]
+        super().__init__(f"This run is predicted to need {format_bytes(estimate.peak)} per device, more "
+                         f"than the {format_bytes(available)} available.\n{estimate}\nTo fit it:\n"
+                         + "\n".join(f"  - {tip}" for tip in tips))
 
 
 class MemoryWarning(UserWarning):
     """A run is predicted not to fit in memory."""
+
+
+def preflight(model: Any, setup: Setup, available: int | None = None, device: str | torch.device = "cpu",
+              *, refuse: bool = False, flags: Mapping[str, str] | None = None) -> MemoryEstimate:
+    """Estimate a run before it starts; when the predicted peak exceeds the memory available on
+    `device` (or `available` bytes), warn (`MemoryWarning`), or with `refuse=True` raise `WontFit`.
+    Either way the message holds the breakdown and what would help (`flags`: see `suggestions`)."""
+    result = estimate(model, setup)
+    available = available_memory(device) if available is None else available
+    if result.peak > available:
+        too_big = WontFit(result, available, flags)
+        if refuse:
+            raise too_big
+        warnings.warn(str(too_big), MemoryWarning, stacklevel=2)
+    return result

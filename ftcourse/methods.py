@@ -9,13 +9,14 @@ fine-tuning lives here; LoRA (`ftcourse.lora`) and the methods of later chapters
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from torch import nn
 
 from ftcourse.adapters import IA3, BottleneckAdapter
-from ftcourse.lora import LoRA
-from ftcourse.prompts import PrefixTuning, PromptTuning
+from ftcourse.lora import LoRA, save_adapter
+from ftcourse.prompts import PrefixTuning, PromptTuning, save_soft_prompt
 from ftcourse.qlora import QLoRA
 
 
@@ -55,3 +56,18 @@ def count_parameters(model: nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
+
+
+def save_trained(model: nn.Module, method: str | Method, directory: str | Path,
+                 tokenizer: Any = None) -> Path:
+    """Save what `method` trained, in the format its library uses: a LoRA adapter (LoRA, QLoRA),
+    a soft prompt (prompt and prefix tuning), or else the whole model (and tokenizer, if given)."""
+    method, directory = get_method(method), Path(directory)
+    if isinstance(method, (LoRA, QLoRA)):
+        return save_adapter(model, directory, method.lora if isinstance(method, QLoRA) else method)
+    if isinstance(method, (PromptTuning, PrefixTuning)):
+        return save_soft_prompt(model, directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory

@@ -55,6 +55,7 @@ def load_base(name_or_path: str | None = None, *, profile: str | Profile | None 
     dtype = dtype or profile.dtype
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    _require_safetensors(source)
     offline = Path(source).exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
     try:
@@ -72,6 +73,21 @@ def load_base(name_or_path: str | None = None, *, profile: str | Profile | None 
     ensure_distinct_pad(model, tokenizer)
     model.eval()
     return model, tokenizer
+
+
+def _require_safetensors(source: str) -> None:
+    # A local folder whose weights are pickle files only: refuse it by name, before transformers
+    # reports it as a missing file.
+    folder = Path(source)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickled:
+            raise ValueError(f"Model folder {folder} holds {pickled[0]}, a pickle file, which can run code "
+                             "when loaded; ftcourse loads *.safetensors weights only. If you trust the file, "
+                             "convert it: AutoModelForCausalLM.from_pretrained(folder).save_pretrained("
+                             "new_folder, safe_serialization=True).")
+        raise FileNotFoundError(f"Model folder {folder} has no *.safetensors weights; point to a folder "
+                                "written by save_pretrained.")
 
 
 def ensure_distinct_pad(model: Any, tokenizer: Any, pad_token: str = "<pad>") -> None:

@@ -230,6 +230,14 @@ def bits_per_parameter(blocksize: int = DEFAULT_BLOCKSIZE, double_quant: bool = 
     return 4 + 32 / blocksize
 
 
+def quantization_error(weight: Tensor, quant_type: QuantType = "nf4",
+                       blocksize: int = DEFAULT_BLOCKSIZE) -> float:
+    """Mean squared error of a 4-bit round trip relative to the weight's variance: 0 is perfect,
+    1 is as bad as replacing every weight by the mean."""
+    restored = dequantize_4bit(quantize_4bit(weight, quant_type, blocksize))
+    return ((restored - weight).pow(2).mean() / weight.var()).item()
+
+
 def from_bitsandbytes(packed: Tensor, state: Any) -> Quantized4bit:
     """Our view of a bitsandbytes 4-bit tensor: its packed bytes and `QuantState`, not copied."""
     scales = state.absmax

@@ -43,6 +43,9 @@ def tokenize_instructions(tokenizer: Any, rows: Sequence[dict[str, str]], max_le
                 for row in rows]
     if max_len is not None and (too_long := [i for i, ex in enumerate(examples)
                                              if len(ex["input_ids"]) > max_len]):
+        if len(too_long) == len(examples):
+            raise ValueError(f"All {len(examples)} examples are longer than max_len={max_len} tokens, so "
+                             "none is left to train on. Shorten them or raise max_len.")
         warnings.warn(f"Left out {len(too_long)} of {len(examples)} examples longer than {max_len} "
                       f"tokens (first: row {too_long[0]}). Shorten them or raise max_len.", stacklevel=2)
         skipped = set(too_long)

@@ -7,14 +7,20 @@ The loss of a step is the sum of per-item losses over the whole global batch (al
 all processes) divided by the number of items, as TRL and transformers do: gradient accumulation
 and data parallelism do not change the result, only the memory.
 Checkpoints hold the trainable weights (safetensors), the optimizer and scheduler state and the
-history; resuming from one continues exactly where the uninterrupted run would be.
+history; resuming from one continues exactly where the uninterrupted run would be. Each is written
+into a temporary folder, flushed to disk and renamed, with a manifest of its files' sizes and
+sha256 hashes: a killed run leaves whole checkpoints (and a `.tmp-` folder, ignored), and a resume
+skips, with a warning, any whose files were damaged since. optimizer.pt loads with
+weights_only=True: no pickled code runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -32,6 +38,8 @@ from torch import Tensor, nn
 # optionally a dict of other per-item sums to log as means (e.g. DPO's reward accuracy).
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, ...]]
 CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "state.json")
+MANIFEST = "manifest.json"                # {file: {"bytes": size, "sha256": hex}}, written last
 
 
 @dataclass(frozen=True)
@@ -171,10 +179,20 @@ def lr_lambda(step: int, total: int, warmup: int, schedule: str) -> float:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on 1-D ones (norms, biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("The model has no trainable parameters (every requires_grad is False). "
                          "Apply a fine-tuning method, or unfreeze parameters, before training.")
+    if empty := [name for name, p in named if p.is_meta]:
+        raise ValueError(f"{len(empty)} trainable tensor(s) are on the meta device (first: {empty[0]}): "
+                         "they have a shape but no values, as in a model built under init_empty_weights. "
+                         "Load the weights first (from_pretrained, or load_state_dict(..., assign=True)).")
+    if half := [name for name, p in named if p.dtype == torch.float16]:
+        raise ValueError(f"{len(half)} trainable tensor(s) are float16 (first: {half[0]}). This loop has no "
+                         "loss scaling, so small gradients and AdamW's second moments underflow to 0 in "
+                         "float16. Train float32 weights (model.float(); adapters are float32 already) "
+                         "or bfloat16 ones.")
+    params = [p for _, p in named]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
@@ -191,7 +209,11 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, step: int,
                     config: TrainConfig, result: TrainResult) -> Path:
-    """Write `directory/step-N/` atomically: into a temporary folder, then renamed."""
+    """Write `directory/step-N/` atomically: into a temporary folder, flushed to disk, then renamed.
+
+    A crash leaves a whole checkpoint or a `.tmp-step-N` leftover that resuming ignores; manifest.json,
+    written last, records each file's size and sha256, so a later resume can check the files are intact.
+    """
     from safetensors.torch import save_file
 
     final = directory / f"{CHECKPOINT_PREFIX}{step:07d}"
@@ -204,23 +226,85 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, ste
     state = {"step": step, "config": asdict(config), "history": result.history,
              "evals": result.evals, "seconds": result.seconds, "tokens": result.tokens}
     (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
+    manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                for name in CHECKPOINT_FILES}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    # Without fsync the rename can reach the disk before the data: after a power cut the folder
+    # would exist with empty or partial files.
+    for name in (*CHECKPOINT_FILES, MANIFEST):
+        _fsync(tmp / name)
+    _fsync(tmp)
+    shutil.rmtree(final, ignore_errors=True)      # a checkpoint of the same step from an earlier run
     os.replace(tmp, final)
+    _fsync(directory)                             # make the rename itself durable
     return final
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in `directory`, or None."""
+    """The intact checkpoint with the highest step in `directory`, or None.
+
+    `.tmp-step-N` leftovers of interrupted saves never count; a damaged `step-N` folder is skipped
+    with a warning, so a resume falls back to the checkpoint before it.
+    """
     directory = Path(directory)
-    found = sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")) if directory.is_dir() else []
-    return found[-1] if found else None
+    for leftover in sorted(directory.glob(f".tmp-{CHECKPOINT_PREFIX}*")):
+        warnings.warn(f"Ignoring {leftover}: a checkpoint whose save was interrupted (half-written). "
+                      "The run resumes from the newest complete checkpoint and overwrites it when it "
+                      "saves that step.", stacklevel=2)
+    found = [path for path in directory.glob(f"{CHECKPOINT_PREFIX}*")
+             if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+    for path in sorted(found, key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)),
+                       reverse=True):
+        if not (problems := checkpoint_problems(path)):
+            return path
+        warnings.warn(f"Skipping damaged checkpoint {path}: {'; '.join(problems)}. Falling back to the "
+                      f"checkpoint before it, if any. The damaged folder is left on disk, not deleted: "
+                      f"inspect or delete it (a resumed run replaces it when it saves that step again).",
+                      stacklevel=2)
+    return None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, config: TrainConfig,
+def checkpoint_problems(path: str | Path) -> list[str]:
+    """What is wrong with the files of checkpoint `path`, checked against its manifest; [] if intact.
+
+    The manifest catches accidents (a crash, a full disk, a bad copy), not tampering: anyone can
+    rewrite it. Against a malicious optimizer.pt, `load_checkpoint` relies on weights_only=True.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return [f"{MANIFEST} is missing (files were deleted since the save, or an older ftcourse "
+                "wrote this checkpoint)"]
+    except (OSError, ValueError) as error:
+        return [f"{MANIFEST} is unreadable ({error})"]
+    problems = [f"{name} is not listed in {MANIFEST}" for name in CHECKPOINT_FILES if name not in manifest]
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif (size := file.stat().st_size) != expected["bytes"]:
+            kind = "truncated" if size < expected["bytes"] else "too long"
+            problems.append(f"{name} is {kind}: expected {expected['bytes']} bytes, got {size}")
+        elif (digest := _sha256(file)) != expected["sha256"]:
+            problems.append(f"{name} is corrupt: sha256 hash mismatch (expected "
+                            f"{expected['sha256'][:12]}..., got {digest[:12]}...)")
+    return problems
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer, scheduler, config: TrainConfig,
                     result: TrainResult) -> int:
-    """Restore a checkpoint into the model, optimizer, scheduler and result; return its step."""
+    """Restore a checkpoint into the model, optimizer, scheduler and result; return its step.
+
+    Its files are read and checked before anything is restored: a damaged or unsafe one changes nothing.
+    """
     from safetensors.torch import load_file
 
+    path = Path(path)
+    if problems := checkpoint_problems(path):
+        raise ValueError(f"Checkpoint {path} is damaged: {'; '.join(problems)}. Resume from an earlier "
+                         f"{CHECKPOINT_PREFIX}N folder in {path.parent}, or delete this one: "
+                         "train(resume=True) skips damaged checkpoints and takes the newest intact one.")
     state = json.loads((path / "state.json").read_text())
     if state["config"] != asdict(config):
         changed = {k: (v, asdict(config)[k]) for k, v in state["config"].items() if asdict(config)[k] != v}
@@ -234,16 +318,42 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, config: 
         raise ValueError(f"Checkpoint {path} holds trainable weights {sorted(set(weights) ^ expected)[:5]} "
                          "that do not match this model's trainable parameters; was it made with "
                          "another model or method?")
+    try:
+        extra = torch.load(path / "optimizer.pt", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path / 'optimizer.pt'} holds objects other than tensors, so it was not "
+                         "written by ftcourse; it is refused for safety (torch.load with weights_only=True "
+                         "runs no code from the file). Delete this checkpoint, or resume from one you "
+                         "wrote yourself.") from error
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    extra = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"])
     result.history, result.evals = state["history"], state["evals"]
     result.seconds, result.tokens = state["seconds"], state["tokens"]
     return state["step"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    # Flush a file's data, or a folder's entries, to the disk. Windows flushes only handles opened
+    # for writing and cannot open a folder, so there the folder flush is skipped.
+    if path.is_dir() and os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- the loop

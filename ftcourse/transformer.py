@@ -39,6 +39,18 @@ class TransformerConfig:
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
 
+    def __post_init__(self) -> None:
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_positions")
+        problems = [f"{name} must be >= 1, got {getattr(self, name)}" for name in sizes
+                    if getattr(self, name) < 1]
+        if not problems and self.num_heads % self.num_kv_heads:
+            problems.append(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                            f"({self.num_kv_heads}): each key/value head serves an equal group of "
+                            "query heads")
+        if problems:
+            raise ValueError("Invalid TransformerConfig: " + "; ".join(problems) + ".")
+
     @classmethod
     def from_hf(cls, config: Any) -> TransformerConfig:
         """The same sizes as a transformers `LlamaConfig` (plain RoPE only)."""
@@ -181,6 +193,10 @@ class Transformer(nn.Module):
         if self.config.max_positions < T:
             raise ValueError(f"Sequence of {T} tokens is longer than the model's "
                              f"{self.config.max_positions} positions; shorten it.")
+        if T and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.config.vocab_size:
+            raise ValueError(f"Token ids range over {int(input_ids.min())}..{int(input_ids.max())}, outside "
+                             f"the vocabulary of {self.config.vocab_size}; were they made by another "
+                             "tokenizer?")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:  # count from each row's first real token (left padding)

@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from ftcourse.cli import main
-from ftcourse.doctor import check_versions, in_tested_range, run_checks
+from ftcourse.doctor import (
+    Check,
+    check_hub_offline,
+    check_remote_code,
+    check_safetensors_only,
+    check_torch_load,
+    check_versions,
+    format_report,
+    in_tested_range,
+    run_checks,
+)
 
 
 def test_unknown_method_is_a_clear_error(capsys):
@@ -36,6 +46,10 @@ def test_doctor_reports_truthfully():
     assert checks["embedded model"].ok and "parameters" in checks["embedded model"].value
     assert checks["bitsandbytes 4-bit"].ok and "cpu" in checks["bitsandbytes 4-bit"].note
     assert checks["profile"].value == "tiny"
+    assert checks["weights format"].ok and checks["weights format"].value == "safetensors only"
+    assert checks["torch.load"].ok and torch.__version__ in checks["torch.load"].note
+    assert checks["trust_remote_code"].ok and checks["trust_remote_code"].value == "off by default"
+    assert checks["HF_HUB_OFFLINE"].value == "offline"          # tests/conftest.py switches the hub off
 
 
 def test_doctor_flags_a_version_outside_the_tested_range(monkeypatch):
@@ -50,7 +64,94 @@ def test_doctor_command_prints_a_report(capsys):
     code = main(["doctor"])
     out = capsys.readouterr().out
     assert "embedded model" in out and "checks ok" in out
+    for line in (r"weights format +safetensors only", r"torch\.load +weights_only=True",
+                 r"trust_remote_code +off by default", r"HF_HUB_OFFLINE +offline"):
+        assert re.search(r"^ok +" + line, out, re.MULTILINE), line
     assert code == (0 if "need attention" not in out else 1)
+
+
+def test_doctor_flags_unsafe_loading(monkeypatch):
+    import ftcourse.models
+
+    assert check_safetensors_only().ok and check_torch_load().ok and check_remote_code().ok
+    monkeypatch.setattr(ftcourse.models, "load_base", lambda *args, trust_remote_code=True, **kwargs: (1, 2))
+    pickles = check_safetensors_only()                 # a load_base that takes pytorch_model.bin
+    assert not pickles.ok and "loaded pytorch_model.bin" in pickles.note
+    assert format_report([pickles]).startswith("BAD weights format  pickle loads")
+    remote = check_remote_code()                       # a load_base that runs remote code by default
+    assert not remote.ok and remote.value == "default True"
+    monkeypatch.undo()
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "true")
+    assert not check_remote_code().ok and "unpickle RAG indexes" in check_remote_code().note
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda file, **kwargs: load(file, weights_only=False))
+    unsafe = check_torch_load()
+    assert not unsafe.ok and "with weights_only=True and the default it ran" in unsafe.note
+
+
+def test_doctor_reports_the_hub_offline_or_online(monkeypatch):
+    from huggingface_hub import constants
+
+    assert check_hub_offline() == Check("HF_HUB_OFFLINE", "offline", True,
+                                        "models load from local folders and the cache only")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert check_hub_offline().value == "online" and check_hub_offline().ok   # informational
+
+
+def test_finetune_refuses_a_run_that_cannot_fit_before_scoring_or_training(monkeypatch, capsys, base):
+    import ftcourse.memory
+    from ftcourse.data import load_task
+    from ftcourse.memory import Setup, estimate, stored_bytes
+    from ftcourse.sft import tokenize_instructions
+
+    def never(*args, **kwargs):
+        raise AssertionError("a refused run must not score or train")
+
+    monkeypatch.setattr(ftcourse.memory, "available_memory", lambda device="cpu": 1_000_000)
+    monkeypatch.setattr("ftcourse.sft.finetune", never)
+    monkeypatch.setattr("ftcourse.evaluate.score_task", never)
+    assert main(["finetune", "--method", "full", "--batch-size", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    rows = load_task("instructions")["train"]
+    longest = max(len(example["input_ids"]) for example in tokenize_instructions(base[1], rows))
+    expected = estimate(base[0].config, Setup(precision="fp32", batch_size=8, seq_len=longest, padding=True))
+    assert f"refused to start full fine-tuning, fp32, batch 8 x {longest} tokens" in err
+    available = 1_000_000 + stored_bytes(base[0])         # on the CPU the loaded weights count as available
+    assert (f"predicted to need {expected.peak / 1e6:.2f} MB per device, more than the "
+            f"{available / 1e6:.2f} MB available") in err
+    assert str(expected) in err                                               # the itemised breakdown
+    assert "LoRA (--method lora," in err and "a smaller batch (--batch-size, now 8)" in err
+    assert "To start it anyway, pass --ignore-memory-check." in err
+
+
+def test_finetune_with_ignore_memory_check_starts_anyway(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import ftcourse.memory
+
+    trained = []
+
+    def fake_finetune(model, tokenizer, data, method, config, progress):
+        trained.append(method.name)
+        return model, SimpleNamespace(history=[{}], final_loss=1.0, seconds=0.0)
+
+    def fake_score(model, tokenizer, rows):
+        return SimpleNamespace(metric="exact_match", scores=[0] * len(rows), ci="0.000 [0.000, 0.000]")
+
+    monkeypatch.setattr(ftcourse.memory, "available_memory", lambda device="cpu": 1_000_000)
+    monkeypatch.setattr("ftcourse.sft.finetune", fake_finetune)
+    monkeypatch.setattr("ftcourse.evaluate.score_task", fake_score)
+    assert main(["finetune", "--method", "lora", "--ignore-memory-check", "--limit", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert trained == ["lora"] and "lora fine-tuning on instructions: 1 steps" in out
+    assert "warning: starting lora fine-tuning" in err and "(--ignore-memory-check)" in err
+    assert "Predicted memory per device of one training step:" in err
+
+
+def test_finetune_help_names_the_override(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    assert "--ignore-memory-check" in capsys.readouterr().out
 
 
 def test_finetune_command_trains_and_reports(capsys, tmp_path):
@@ -71,7 +172,7 @@ def test_finetune_with_lora_saves_an_adapter_that_loads(capsys, tmp_path, base):
 
     code = main(["finetune", "--method", "lora", "--lora-r", "4", "--lora-targets", "q_proj,v_proj,down_proj",
                  "--epochs", "0.1", "--limit", "2", "--no-progress", "--out", str(tmp_path)])
-    assert code == 0 and "saved the adapter" in capsys.readouterr().out
+    assert code == 0 and "saved to" in capsys.readouterr().out
     config = read_adapter_config(tmp_path)
     assert (config.r, config.targets) == (4, ("down_proj", "q_proj", "v_proj"))
     assert load_adapter(copy.deepcopy(base[0]), tmp_path) is not None
@@ -92,6 +193,8 @@ def test_bad_lora_targets_from_the_command_line_are_a_clear_error(capsys):
                  "--no-progress"])
     assert code == 2
     assert "Target module(s) ['qproj'] match no Linear" in capsys.readouterr().err
+    assert main(["finetune", "--method", "qlora", "--lora-targets", "qproj", "--no-progress"]) == 2
+    assert "LoRA targets ['qproj'] match no linear layer" in capsys.readouterr().err
 
 
 def test_memory_command_predicts_a_real_model_from_its_config(capsys):
@@ -128,6 +231,8 @@ def test_memory_command_explains_what_it_cannot_predict(capsys, tmp_path):
     assert "has no config.json" in capsys.readouterr().err
     assert main(["memory", "--method", "ia3"]) == 2
     assert "for 'ia3', apply it to a model" in capsys.readouterr().err
+    assert main(["memory", "--method", "lora", "--lora-targets", "qproj"]) == 2
+    assert "LoRA targets ['qproj'] match no linear layer" in capsys.readouterr().err
 
 
 def test_evaluate_command_writes_the_tidy_table(capsys, tmp_path, base):

@@ -123,3 +123,50 @@ def test_require_fields_reports_empty_and_wrong_types_all_at_once():
         require_fields(rows, ("instruction", "response"))
     with pytest.raises(ValueError, match="is empty"):
         require_fields([], ("instruction",))
+
+
+def test_read_rows_reads_jsonl_and_json_alike(tmp_path):
+    import json
+
+    from ftcourse.data import read_rows
+
+    rows = [{"instruction": "Say hi", "response": "hi"}, {"instruction": "2 + 2?", "response": "4"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    (tmp_path / "d.json").write_text(json.dumps(rows, indent=1))
+    assert read_rows(tmp_path / "d.jsonl", ("instruction", "response")) == rows
+    assert read_rows(tmp_path / "d.json", ("instruction", "response")) == rows
+
+
+def test_split_rows_keeps_repeated_prompts_in_one_split():
+    from ftcourse.data import require_disjoint, split_rows
+
+    rows = [{"instruction": f"q{i % 40}", "response": str(i)} for i in range(100)]
+    splits = split_rows(rows, "instruction", seed=3)
+    require_disjoint(splits, "instruction")           # raises if a prompt is in two splits
+    assert sorted(r["response"] for s in splits.values() for r in s) == sorted(r["response"] for r in rows)
+    prompts = [{r["instruction"] for r in splits[s]} for s in ("train", "validation", "test")]
+    assert [len(p) for p in prompts] == [24, 4, 12]
+    assert split_rows(rows, "instruction", seed=3) == splits
+
+
+def test_drop_duplicates_keeps_the_first_of_each_prompt():
+    from ftcourse.data.checks import drop_duplicates
+
+    rows = [{"instruction": q} for q in ("a", "b", "a", "c", "b")]
+    with pytest.warns(UserWarning, match="2 time"):
+        assert drop_duplicates(rows, "instruction") == [0, 1, 3]
+
+
+def test_hub_data_are_mapped_deduplicated_and_split_disjointly(monkeypatch):
+    import datasets
+
+    from ftcourse.data import require_disjoint
+    from ftcourse.data.hub import load_hub_task
+
+    raw = [{"instruction": f"Task {i % 50}", "input": "", "output": f"answer {i}"} for i in range(80)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_list(raw))
+    with pytest.warns(UserWarning, match="repeats the instruction of an earlier row 30 time"):
+        splits = load_hub_task("instructions")
+    assert sum(len(s) for s in splits.values()) == 50
+    assert set(splits["train"].column_names) == {"instruction", "response", "task"}
+    require_disjoint({name: list(rows) for name, rows in splits.items()}, "instruction")

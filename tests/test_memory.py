@@ -25,6 +25,7 @@ def test_measure_peak_sees_a_temporary_allocation():
 
 # ---------------------------------------------------------------- the memory model
 
+import re  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
@@ -35,12 +36,14 @@ from ftcourse.memory import (  # noqa: E402
     GB,
     MemoryWarning,
     Setup,
+    WontFit,
     estimate,
     footprint_of_config,
     footprint_of_model,
     model_state_bytes,
     preflight,
     stored_bytes,
+    suggestions,
 )
 from ftcourse.methods import get_method  # noqa: E402
 from ftcourse.prompts import PrefixTuning, PromptTuning  # noqa: E402
@@ -181,11 +184,41 @@ def test_preflight_warns_with_the_breakdown_and_what_would_help(base):
     with pytest.warns(MemoryWarning) as caught:
         preflight(config, setup, available=10_000_000)
     message = str(caught[0].message)
-    assert "more than the 0.01 GB available" in message and "activations" in message
+    assert "more than the 10.00 MB available" in message and "activations" in message
     assert "gradient checkpointing" in message and "smaller batch (now 64)" in message
+    assert "--" not in message                    # no command-line flags unless asked for
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert preflight(config, setup, available=10**12).peak < 10**12
+
+
+def test_preflight_refuses_with_the_same_message_and_the_estimate(base):
+    config = base[0].config
+    setup = Setup(batch_size=64, seq_len=512)
+    with pytest.raises(WontFit, match="more than the 10.00 MB available") as refused:
+        preflight(config, setup, available=10_000_000, refuse=True)
+    assert isinstance(refused.value, MemoryError)
+    assert refused.value.estimate == estimate(config, setup) and refused.value.available == 10_000_000
+    assert str(refused.value.estimate) in str(refused.value)
+    with pytest.warns(MemoryWarning) as caught:
+        preflight(config, setup, available=10_000_000)
+    assert str(caught[0].message) == str(refused.value)
+    assert preflight(config, setup, available=10**12, refuse=True).peak < 10**12
+
+
+def test_suggestions_name_the_flags_they_are_given(base):
+    result = estimate(base[0].config, Setup(batch_size=64, seq_len=512))
+    flags = {"method": "--method", "batch_size": "--batch-size"}
+    tips = suggestions(result, flags)
+    assert "train fewer parameters: LoRA (--method lora, the base stays frozen" in tips[0]
+    assert any("a smaller batch (--batch-size, now 64)" in tip for tip in tips)
+    assert any("gradient checkpointing (keeps one" in tip for tip in tips)   # no flag given for it
+    assert [re.sub(r"--[a-z-]+( [a-z-]+)?, ", "", tip) for tip in tips] == suggestions(result)
+
+
+def test_lora_targets_the_config_lacks_are_a_clear_error(base):
+    with pytest.raises(ValueError, match=r"LoRA targets \['qproj'\] match no linear layer.*Fix LoRA.targets"):
+        estimate(base[0].config, Setup(method=QLoRA(targets=("qproj", "v_proj"))))
 
 
 def test_training_loop_runs_the_preflight(monkeypatch, tiny_llama):

@@ -126,9 +126,16 @@ def test_int4_is_absmax_rounding_to_sevenths():
 
 def test_nf4_has_the_smallest_error_on_normal_weights():
     x = weights((512, 512), torch.float32, seed=5)
-    errors = {kind: (quant.dequantize_4bit(quant.quantize_4bit(x, kind)) - x).pow(2).mean()
-              for kind in ("nf4", "fp4", "int4")}
+    errors = {kind: quant.quantization_error(x, kind) for kind in ("nf4", "fp4", "int4")}
     assert errors["nf4"] < errors["fp4"] and errors["nf4"] < errors["int4"]
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_quantization_error_is_the_bitsandbytes_round_trip_error(quant_type):
+    x = weights((256, 128), torch.float32, seed=6)
+    packed, state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type=quant_type)
+    theirs = ((bnb_functional.dequantize_4bit(packed, state) - x).pow(2).mean() / x.var()).item()
+    assert quant.quantization_error(x, quant_type) == pytest.approx(theirs, rel=1e-6)
 
 
 def test_bits_per_parameter_match_the_qlora_paper():

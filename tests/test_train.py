@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 import torch
@@ -65,7 +66,6 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["step-0000004", "step-0000008"]
 
     # Keep only the step-4 checkpoint: as if the run had been stopped right after writing it.
-    import shutil
     shutil.rmtree(tmp_path / "step-0000008")
     resumed_model = make_model(seed=123)          # different weights: the checkpoint must win
     for p in resumed_model.parameters():

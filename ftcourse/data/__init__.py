@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from ftcourse.data.checks import require_fields
+from ftcourse.data.checks import require_disjoint, require_fields
+from ftcourse.data.files import read_rows, split_rows
 from ftcourse.data.tasks import (
     SPLITS,
     arithmetic_questions,
@@ -45,6 +46,10 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "preferences": ("prompt", "chosen", "rejected", "kind"),
     "newfacts": ("instruction", "response", "task"),
 }
+
+# The field that holds what the model is asked: no value of it may appear in two splits.
+PROMPT_FIELD = {name: "prompt" if "prompt" in fields else "instruction"
+                for name, fields in TASK_FIELDS.items()}
 
 
 @cache
@@ -86,6 +91,7 @@ def load_task(name: str, profile: str | Profile | None = None, world: World | No
     splits = datasets.DatasetDict({split: datasets.Dataset.from_list(rows[split]) for split in SPLITS})
     for split, dataset in splits.items():
         require_fields(dataset, TASK_FIELDS[name], name=f"{name} {split} split")
+    require_disjoint(rows, PROMPT_FIELD[name])
     return splits
 
 
@@ -94,5 +100,5 @@ def _check_task(name: str) -> None:
         raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_FIELDS)}.")
 
 
-__all__ = ["TASK_FIELDS", "World", "default_world", "load_task", "make_world", "require_fields",
-           "synthetic_rows"]
+__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "default_world", "load_task", "make_world",
+           "read_rows", "require_disjoint", "require_fields", "split_rows", "synthetic_rows"]

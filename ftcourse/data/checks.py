@@ -1,7 +1,9 @@
-"""Checks at the data boundary: a dataset that lacks a field fails here, naming field and row."""
+"""Checks at the data boundary: a dataset that lacks a field fails here, naming field and row;
+a prompt in two splits fails here too, and repeated prompts are dropped with a count."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,3 +41,34 @@ def require_fields(rows: Sequence[Mapping[str, Any]], fields: Sequence[str],
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
         raise ValueError(f"The {name} has {len(problems)} problem(s): {shown}{more}. "
                          f"Each row needs non-empty string fields {list(fields)}.")
+
+
+def require_disjoint(splits: Mapping[str, Sequence[Mapping[str, Any]]], key: str) -> None:
+    """Raise ValueError if any value of `key` (the prompt) appears in more than one split.
+
+    A test question that is also a training question measures memory, not generalisation.
+    """
+    seen: dict[Any, str] = {}
+    shared: dict[Any, tuple[str, str]] = {}
+    for split, rows in splits.items():
+        for value in {row[key] for row in rows}:
+            if value in seen and value not in shared:
+                shared[value] = (seen[value], split)
+            seen.setdefault(value, split)
+    if shared:
+        value, (first, second) = next(iter(shared.items()))
+        raise ValueError(f"{len(shared)} {key}(s) appear in more than one split, e.g. {str(value)[:60]!r} "
+                         f"in {first} and {second}; test scores would reward memorising. Split by "
+                         f"unique {key} (ftcourse.data.split_rows) or drop the repeats from the later split.")
+
+
+def drop_duplicates(rows: Sequence[Mapping[str, Any]], key: str, name: str = "dataset") -> list[int]:
+    """Indices of the rows whose `key` is the first of its value; warns with the count of the rest."""
+    first: dict[Any, int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault(row[key], index)
+    if len(first) < len(rows):
+        warnings.warn(f"The {name} repeats the {key} of an earlier row {len(rows) - len(first)} time(s) "
+                      f"out of {len(rows)} rows; keeping the first of each, so no {key} can land in two "
+                      "splits.", stacklevel=2)
+    return sorted(first.values())

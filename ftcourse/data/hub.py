@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ftcourse.data.checks import require_fields
+from ftcourse.data.checks import drop_duplicates, require_fields
 
 MAX_ROWS = 20_000  # rows taken from a hub dataset before splitting 60/10/30
 SPLIT_SEED = 0
@@ -65,7 +65,7 @@ def load_hub_task(name: str):
     """The hub dataset for `name` as train / validation / test with our fields."""
     import datasets
 
-    from ftcourse.data import TASK_FIELDS, load_task
+    from ftcourse.data import PROMPT_FIELD, TASK_FIELDS, load_task
 
     if name not in HUB_TASKS:
         return load_task(name, profile="tiny")
@@ -80,6 +80,7 @@ def load_hub_task(name: str):
     raw = raw.shuffle(seed=SPLIT_SEED).select(range(min(MAX_ROWS, len(raw))))
     mapped = raw.map(task.to_row, remove_columns=raw.column_names)
     require_fields(mapped, TASK_FIELDS[name], name=f"{task.repo} ({name})")
+    mapped = mapped.select(drop_duplicates(mapped, PROMPT_FIELD[name], name=f"{task.repo} ({name})"))
     test = mapped.train_test_split(test_size=0.3, seed=SPLIT_SEED)
     val = test["train"].train_test_split(test_size=1 / 7, seed=SPLIT_SEED)
     return datasets.DatasetDict({"train": val["train"], "validation": val["test"], "test": test["test"]})

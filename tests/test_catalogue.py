@@ -1,0 +1,30 @@
+"""Every bad input of the catalogue (tests/catalogue.py) gets its clear, specific message, raised
+by ftcourse itself rather than deep inside a library; the book's table is generated from them."""
+
+from pathlib import Path
+
+import pytest
+from catalogue import CASES, TABLE, markdown_table, observe
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ftcourse"
+
+
+def test_the_catalogue_covers_at_least_thirty_bad_inputs_in_every_area():
+    areas = {case.area for case in CASES.values()}
+    assert len(CASES) >= 30
+    assert areas >= {"data", "format", "config", "model", "adapter", "checkpoint", "safety", "cli"}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gets_a_specific_message(name, tmp_path):
+    case = CASES[name]
+    observed = observe(case, tmp_path)
+    missing = [fragment for fragment in case.says if fragment not in observed.message]
+    assert not missing, f"{name}: the message lacks {missing}:\n{observed.message}"
+    if observed.origin is not None:   # raised by our own check, not by a library tripping over it
+        assert Path(observed.origin).is_relative_to(PACKAGE), f"{name} was raised in {observed.origin}"
+
+
+def test_the_books_table_is_generated_from_the_catalogue():
+    assert TABLE.read_text() == markdown_table(), (
+        "book/_catalogue.md is stale: run `python tests/catalogue.py` (make catalogue) and commit it")

@@ -1,0 +1,37 @@
+"""save_trained writes what each method trained in its library's format, and nothing else."""
+
+import copy
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from ftcourse.lora import LoRA, lora_state_dict, read_adapter_config
+from ftcourse.methods import get_method, save_trained
+from ftcourse.prompts import PromptTuning
+from ftcourse.qlora import QLoRA
+
+
+@pytest.mark.parametrize("method", [LoRA(r=4), QLoRA(r=4)])
+def test_lora_and_qlora_save_an_adapter_that_reads_back(method, base, tmp_path):
+    model = get_method(method).apply(copy.deepcopy(base[0]))
+    folder = save_trained(model, method, tmp_path / "out")
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert read_adapter_config(folder).r == 4
+    saved, ours = load_file(folder / "adapter_model.safetensors"), lora_state_dict(model)
+    assert saved.keys() == ours.keys() and all(saved[k].equal(ours[k]) for k in saved)
+
+
+def test_prompt_tuning_saves_the_soft_prompt_only(base, tmp_path):
+    model = PromptTuning(num_virtual_tokens=5).apply(copy.deepcopy(base[0]))
+    folder = save_trained(model, PromptTuning(num_virtual_tokens=5), tmp_path / "out")
+    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    assert [tuple(t.shape) for t in load_file(folder / "adapter_model.safetensors").values()] == [
+        (5, base[0].config.hidden_size)]
+
+
+def test_full_fine_tuning_saves_the_whole_model_and_tokenizer(base, tmp_path):
+    folder = save_trained(base[0], "full", tmp_path / "out", tokenizer=base[1])
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert not any(name.endswith(".bin") for name in names)
