@@ -26,5 +26,14 @@ def test_bad_input_gets_a_specific_message(name, tmp_path):
 
 
 def test_the_books_table_is_generated_from_the_catalogue():
-    assert TABLE.read_text() == markdown_table(), (
-        "book/_catalogue.md is stale: run `python tests/catalogue.py` (make catalogue) and commit it")
+    # Every row, in order, as the generator writes it. A message may differ in wording that comes
+    # from the Python or library version (argparse quotes choices only before 3.12.8), so the
+    # message cells must hold what each entry's test requires rather than match byte for byte.
+    fresh = "regenerate it with `python tests/catalogue.py` (make catalogue) and commit it"
+    rows = [line.split(" | ") for line in TABLE.read_text().splitlines()[2:]]
+    expected = [line.split(" | ") for line in markdown_table().splitlines()[2:]]
+    assert [row[:4] for row in rows] == [row[:4] for row in expected], f"book/_catalogue.md is stale: {fresh}"
+    for row, case in zip(rows, CASES.values()):
+        message = row[4].replace("<br>", "\n").replace("\\|", "|")
+        missing = [fragment for fragment in case.says if fragment not in message]
+        assert not missing, f"row {row[0]} of book/_catalogue.md lacks {missing}: {fresh}"
