@@ -10,6 +10,7 @@ model then keeps examples apart (transformers builds a block-diagonal mask from 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,6 +121,29 @@ def tokenize_example(tokenizer: Any, instruction: str, response: str,
                      **options: bool) -> dict[str, list[int]]:
     """One instruction/response pair as `tokenize_chat` does it (options: mask_prompt, learn_eos)."""
     return tokenize_chat(tokenizer, messages(instruction, response), **options)
+
+
+def leave_out_too_long(examples: Sequence[dict[str, list[int]]],
+                       max_len: int | None) -> list[dict[str, list[int]]]:
+    """The examples whose every `*input_ids` fits in `max_len` tokens. The others are left out with
+    a warning that counts them (cutting one would cut off its answer and EOS); none left is an error."""
+    if max_len is None:
+        return list(examples)
+    too_long = [i for i, ex in enumerate(examples) if longest_sequence(ex) > max_len]
+    if not too_long:
+        return list(examples)
+    if len(too_long) == len(examples):
+        raise ValueError(f"All {len(examples)} examples are longer than max_len={max_len} tokens, so "
+                         "none is left to train on. Shorten them or raise max_len.")
+    warnings.warn(f"Left out {len(too_long)} of {len(examples)} examples longer than {max_len} "
+                  f"tokens (first: row {too_long[0]}). Shorten them or raise max_len.", stacklevel=3)
+    skipped = set(too_long)
+    return [ex for i, ex in enumerate(examples) if i not in skipped]
+
+
+def longest_sequence(example: dict[str, Any]) -> int:
+    """Tokens in the longest sequence of an example (`input_ids`, or `chosen_` and `rejected_input_ids`)."""
+    return max((len(ids) for key, ids in example.items() if key.endswith("input_ids")), default=0)
 
 
 def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ftcourse.chat import pad_pairs, tokenize_pair
+from ftcourse.chat import leave_out_too_long, pad_pairs, tokenize_pair
 from ftcourse.data.checks import require_fields
 from ftcourse.lora import adapters_disabled, lora_layers
-from ftcourse.train import TrainConfig, TrainResult, token_logprobs, train
+from ftcourse.train import TrainConfig, TrainResult, max_positions, token_logprobs, train
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,12 @@ def dpo_loss_fn(reference: nn.Module | None, beta: float):
     return loss_fn
 
 
-def tokenize_pairs(tokenizer: Any, pairs: Any) -> list[dict[str, list[int]]]:
-    """Rows with prompt / chosen / rejected, checked and tokenized as two chats each."""
+def tokenize_pairs(tokenizer: Any, pairs: Any, max_len: int | None = None) -> list[dict[str, list[int]]]:
+    """Rows with prompt / chosen / rejected, checked and tokenized as two chats each; pairs with a
+    side longer than `max_len` tokens are left out with a warning that counts them."""
     require_fields(pairs, ("prompt", "chosen", "rejected"), name="preference data")
-    return [tokenize_pair(tokenizer, p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+    return leave_out_too_long([tokenize_pair(tokenizer, p["prompt"], p["chosen"], p["rejected"])
+                               for p in pairs], max_len)
 
 
 def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig, dpo: DPO = DPO(), *,
@@ -87,7 +89,7 @@ def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig
     itself with adapters off, any other policy a frozen copy of itself taken now."""
     if reference is None and not lora_layers(policy):
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    return train(policy, tokenize_pairs(tokenizer, pairs), config,
+    return train(policy, tokenize_pairs(tokenizer, pairs, max_positions(policy)), config,
                  loss_fn=dpo_loss_fn(reference, dpo.beta),
                  collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
                  description="dpo")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ftcourse.chat import messages, pad_pairs
 from ftcourse.dpo import tokenize_pairs
-from ftcourse.train import TrainConfig, TrainResult, train
+from ftcourse.train import TrainConfig, TrainResult, max_positions, train
 
 
 class RewardModel(nn.Module):
@@ -66,7 +66,8 @@ def train_reward_model(lm: nn.Module, tokenizer: Any, pairs: Any, config: TrainC
                        progress: bool = True) -> tuple[RewardModel, TrainResult]:
     """A reward model initialised from `lm` and trained on preference pairs."""
     model = RewardModel.from_causal_lm(lm, seed=config.seed)
-    result = train(model, tokenize_pairs(tokenizer, pairs), config, loss_fn=reward_loss,
+    examples = tokenize_pairs(tokenizer, pairs, max_positions(lm))
+    result = train(model, examples, config, loss_fn=reward_loss,
                    collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
                    description="reward model")
     return model, result

@@ -10,7 +10,6 @@ Library twin: trl.SFTTrainer on prompt-completion data; tests/test_sft.py proves
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftcourse.chat import pack_examples, tokenize_example
+from ftcourse.chat import leave_out_too_long, pack_examples, tokenize_example
 from ftcourse.data.checks import require_fields
 from ftcourse.methods import Method, get_method
-from ftcourse.train import TrainConfig, TrainResult, train
+from ftcourse.train import TrainConfig, TrainResult, max_positions, train
 
 
 @dataclass(frozen=True)
@@ -41,16 +40,7 @@ def tokenize_instructions(tokenizer: Any, rows: Sequence[dict[str, str]], max_le
     examples = [tokenize_example(tokenizer, row["instruction"], row["response"],
                                  mask_prompt=formatting.mask_prompt, learn_eos=formatting.learn_eos)
                 for row in rows]
-    if max_len is not None and (too_long := [i for i, ex in enumerate(examples)
-                                             if len(ex["input_ids"]) > max_len]):
-        if len(too_long) == len(examples):
-            raise ValueError(f"All {len(examples)} examples are longer than max_len={max_len} tokens, so "
-                             "none is left to train on. Shorten them or raise max_len.")
-        warnings.warn(f"Left out {len(too_long)} of {len(examples)} examples longer than {max_len} "
-                      f"tokens (first: row {too_long[0]}). Shorten them or raise max_len.", stacklevel=2)
-        skipped = set(too_long)
-        examples = [ex for i, ex in enumerate(examples) if i not in skipped]
-    return examples
+    return leave_out_too_long(examples, max_len)
 
 
 def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
@@ -68,7 +58,7 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
     """
     method = get_method(method)
     config = config or TrainConfig(epochs=3, lr=1e-3, batch_size=16)
-    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    max_len = max_positions(model)
     examples = tokenize_instructions(tokenizer, data, max_len, formatting)
     if formatting.pack:
         examples = pack_examples(examples, max_len or max(len(ex["input_ids"]) for ex in examples))

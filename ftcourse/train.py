@@ -34,6 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ftcourse.chat import longest_sequence
+
 # loss_fn(model, batch) -> (sum of per-item losses, number of items) for one micro-batch, and
 # optionally a dict of other per-item sums to log as means (e.g. DPO's reward accuracy).
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, ...]]
@@ -380,6 +382,13 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
         raise ValueError("train() got no examples; check the dataset and its split.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+    limit = max_positions(model)
+    if limit is not None and (too_long := [i for i, ex in enumerate(data) if longest_sequence(ex) > limit]):
+        first = too_long[0]
+        raise ValueError(f"{len(too_long)} example(s) (first: {first}, {longest_sequence(data[first])} "
+                         f"tokens) are longer than the model's {limit} positions; a Llama would run past "
+                         "them without an error (RoPE extends) and train on positions it never saw. "
+                         "Leave them out (ftcourse.chat.leave_out_too_long) or shorten them.")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     _warn_if_fsdp_is_off(accelerator)
     torch.manual_seed(config.seed)
@@ -507,6 +516,11 @@ def _preflight(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainCo
                   gradient_checkpointing=bool(getattr(getattr(model, "base_model", model),
                                                       "is_activation_checkpointing", False)))
     preflight(model, setup, device=accelerator.device)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position scheme was trained for, if its config says."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def _pad_id(model: nn.Module) -> int:

@@ -337,6 +337,15 @@ def all_examples_too_long(scratch):
     tokenize_instructions(tokenizer(), [{"instruction": "Repeat " + "the word " * 20, "response": "ok"}], 16)
 
 
+@bad_input("format", "preference pairs longer than the context", UserWarning,
+           "Left out 1 of 2 examples longer than 40 tokens")
+def preference_pairs_too_long(scratch):
+    from ftcourse.dpo import tokenize_pairs
+    pairs = [{"prompt": "2 + 2?", "chosen": "4", "rejected": "5"},
+             {"prompt": "Repeat " + "the word " * 30, "chosen": "ok", "rejected": "no"}]
+    tokenize_pairs(tokenizer(), pairs, 40)
+
+
 @bad_input("format", "packing an example longer than the row length", ValueError,
            "1 example(s) (first: 1) are longer than max_len=4", "keeps examples whole")
 def packing_too_long(scratch):
@@ -508,6 +517,15 @@ def prompt_outside_vocabulary(scratch):
 def generation_too_long(scratch):
     from ftcourse.generate import generate_ids
     generate_ids(small_llama(), tokenizer(), [[1] * 40], max_new_tokens=100)
+
+
+@bad_input("model", "training on sequences longer than the model's positions", ValueError,
+           "1 example(s) (first: 1, 200 tokens) are longer than the model's 128 positions",
+           "without an error", "leave_out_too_long")
+def train_sequences_too_long(scratch):
+    from ftcourse.train import TrainConfig, train
+    train(small_llama(), [{"input_ids": [1, 2, 3]}, {"input_ids": [1] * 200}], TrainConfig(max_steps=1),
+          progress=False)
 
 
 @bad_input("model", "training a model with nothing trainable", ValueError,
