@@ -185,7 +185,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 # The flags of `ftcourse finetune` that change a term of the memory model, for its suggestions.
-FINETUNE_FLAGS = {"method": "--method", "batch_size": "--batch-size"}
+FINETUNE_FLAGS = {"method": "--method", "batch_size": "--batch-size", "lora_r": "--lora-r"}
 
 
 def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence[dict], method) -> bool:
@@ -287,7 +287,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_memory(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ftcourse.memory import Setup, estimate
+    from ftcourse.memory import Setup, estimate, suggestions
     from ftcourse.models import resolve_model_path
     from ftcourse.params import REAL_MODELS, count_parameters
 
@@ -313,7 +313,15 @@ def run_memory(args: argparse.Namespace) -> int:
           f"{args.batch_size} x {args.seq_len} tokens" + (f", ZeRO-{args.zero_stage} over {args.devices}"
                                                           if args.zero_stage else ""))
     print(result)
+    if tips := suggestions(result, MEMORY_FLAGS):
+        print("What would shrink it most:\n" + "\n".join(f"  - {tip}" for tip in tips))
     return 0
+
+
+# The flags of `ftcourse memory` that change a term of the memory model, for its suggestions.
+MEMORY_FLAGS = {"method": "--method", "batch_size": "--batch-size", "seq_len": "--seq-len",
+                "gradient_checkpointing": "--gradient-checkpointing", "optimizer": "--optimizer",
+                "lora_r": "--lora-r"}
 
 
 def method_from_args(args: argparse.Namespace):

@@ -24,7 +24,14 @@ from torch import Tensor, nn
 from ftcourse.chat import leave_out_too_long, pad_pairs, tokenize_pair
 from ftcourse.data.checks import require_fields
 from ftcourse.lora import adapters_disabled, lora_layers
-from ftcourse.train import TrainConfig, TrainResult, max_positions, token_logprobs, train
+from ftcourse.train import (
+    TrainConfig,
+    TrainResult,
+    max_positions,
+    require_within_positions,
+    token_logprobs,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig
 def preference_accuracy(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
     """1.0 for each pair whose chosen answer the model finds more likely than the rejected one."""
     tokenized = tokenize_pairs(tokenizer, pairs)
+    require_within_positions(model, tokenized)
     was_training = model.training
     model.eval()
     correct = []

@@ -110,8 +110,9 @@ def example_losses(model: nn.Module, examples: Sequence[dict[str, list[int]]], b
                    pad_id: int | None = None) -> np.ndarray:
     """(summed next-token loss, labelled tokens) per example, shape (n, 2): the items that a
     perplexity's confidence interval resamples."""
-    from ftcourse.train import pad_batch, token_logprobs
+    from ftcourse.train import pad_batch, require_within_positions, token_logprobs
 
+    require_within_positions(model, examples)
     pad_id = model.config.pad_token_id if pad_id is None else pad_id
     device = next(model.parameters()).device
     was_training = model.training

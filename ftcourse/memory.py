@@ -412,7 +412,8 @@ def suggestions(estimate: MemoryEstimate, flags: Mapping[str, str] | None = None
 
     Args:
         flags: the command-line flag that changes a Setup field ("method", "batch_size", "seq_len",
-            "gradient_checkpointing", "optimizer"), named in its tip; a field without one gets none.
+            "gradient_checkpointing", "optimizer") or the LoRA rank ("lora_r"), named in its tip; a
+            field without one gets none.
     """
     setup, footprint, flags, tips = estimate.setup, estimate.footprint, flags or {}, []
 
@@ -420,8 +421,12 @@ def suggestions(estimate: MemoryEstimate, flags: Mapping[str, str] | None = None
         return f"{flags[field]} {value}".rstrip() + ", " if field in flags else ""
 
     if estimate.gradients + estimate.optimizer > estimate.weights / 2:
-        tips.append(f"train fewer parameters: LoRA ({flag('method', 'lora')}the base stays frozen, so "
-                    "its gradients and optimizer states vanish)")
+        if footprint.lora_r:
+            tips.append(f"a lower LoRA rank ({flag('lora_r')}now {footprint.lora_r}; gradients and "
+                        "optimizer states shrink in proportion)")
+        else:
+            tips.append(f"train fewer parameters: LoRA ({flag('method', 'lora')}the base stays frozen, "
+                        "so its gradients and optimizer states vanish)")
     if estimate.weights > estimate.activations and not footprint.quantized:
         tips.append(f"store the frozen base in 4 bits: QLoRA ({flag('method', 'qlora')}LoRA on NF4 weights)")
     if estimate.activations > estimate.weights and not setup.gradient_checkpointing:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ftcourse.chat import messages, pad_pairs
 from ftcourse.dpo import tokenize_pairs
-from ftcourse.train import TrainConfig, TrainResult, max_positions, train
+from ftcourse.train import TrainConfig, TrainResult, max_positions, require_within_positions, train
 
 
 class RewardModel(nn.Module):
@@ -77,6 +77,7 @@ def train_reward_model(lm: nn.Module, tokenizer: Any, pairs: Any, config: TrainC
 def reward_margins(model: RewardModel, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
     """r(chosen) - r(rejected) for each pair: positive where the model agrees with the label."""
     tokenized = tokenize_pairs(tokenizer, pairs)
+    require_within_positions(model, tokenized)
     model.eval()
     margins: list[float] = []
     for start in range(0, len(tokenized), batch_size):

@@ -59,6 +59,8 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
     method = get_method(method)
     config = config or TrainConfig(epochs=3, lr=1e-3, batch_size=16)
     max_len = max_positions(model)
+    if max_len is not None:    # soft prompts take positions of their own
+        max_len -= getattr(method, "num_virtual_tokens", 0)
     examples = tokenize_instructions(tokenizer, data, max_len, formatting)
     if formatting.pack:
         examples = pack_examples(examples, max_len or max(len(ex["input_ids"]) for ex in examples))

@@ -382,13 +382,7 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
         raise ValueError("train() got no examples; check the dataset and its split.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
-    limit = max_positions(model)
-    if limit is not None and (too_long := [i for i, ex in enumerate(data) if longest_sequence(ex) > limit]):
-        first = too_long[0]
-        raise ValueError(f"{len(too_long)} example(s) (first: {first}, {longest_sequence(data[first])} "
-                         f"tokens) are longer than the model's {limit} positions; a Llama would run past "
-                         "them without an error (RoPE extends) and train on positions it never saw. "
-                         "Leave them out (ftcourse.chat.leave_out_too_long) or shorten them.")
+    require_within_positions(model, data)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     _warn_if_fsdp_is_off(accelerator)
     torch.manual_seed(config.seed)
@@ -521,6 +515,21 @@ def _preflight(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainCo
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position scheme was trained for, if its config says."""
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def require_within_positions(model: nn.Module, examples: Sequence[dict[str, Any]]) -> None:
+    """Raise ValueError if an example is longer than the model's positions (less its virtual tokens,
+    if any): a Llama runs past them without an error (RoPE extends) on positions it never saw."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    limit -= getattr(model, "num_virtual_tokens", 0)
+    if too_long := [i for i, example in enumerate(examples) if longest_sequence(example) > limit]:
+        first = too_long[0]
+        raise ValueError(f"{len(too_long)} example(s) (first: {first}, {longest_sequence(examples[first])} "
+                         f"tokens) are longer than the model's {limit} positions; a Llama would run past "
+                         "them without an error (RoPE extends) on positions it never saw. Leave them out "
+                         "(ftcourse.chat.leave_out_too_long) or shorten them.")
 
 
 def _pad_id(model: nn.Module) -> int:

@@ -528,6 +528,13 @@ def train_sequences_too_long(scratch):
           progress=False)
 
 
+@bad_input("model", "a perplexity over sequences longer than the positions", ValueError,
+           "1 example(s) (first: 0, 300 tokens) are longer than the model's 128 positions")
+def perplexity_too_long(scratch):
+    from ftcourse.evaluate import perplexity
+    perplexity(small_llama(), [{"input_ids": [1] * 300}])
+
+
 @bad_input("model", "training a model with nothing trainable", ValueError,
            "has no trainable parameters", "Apply a fine-tuning method")
 def nothing_trainable(scratch):

@@ -207,10 +207,16 @@ def test_memory_command_predicts_a_real_model_from_its_config(capsys):
     full = json.loads(capsys.readouterr().out)
     expected = estimate(REAL_MODELS["Llama-2-7B"], Setup(precision="bf16-mixed", batch_size=1, seq_len=512))
     assert full["peak"] == expected.peak and full["peak"] > 100 * GB
+    assert main(["memory", "--model", "Llama-2-7B"]) == 0
+    report = capsys.readouterr().out     # full fine-tuning: what would shrink it, with the flags
+    assert "What would shrink it most:\n  - train fewer parameters: LoRA (--method lora, " in report
+    assert "8-bit AdamW (--optimizer adamw-8bit, " in report
     assert main(["memory", "--model", "Llama-2-7B", "--method", "qlora", "--lora-r", "64",
                  "--gradient-checkpointing"]) == 0
     report = capsys.readouterr().out
     assert "qlora: 159,907,840 of 6,738,415,616 parameters train" in report and "peak" in report
+    assert "--method lora" not in report and "gradient checkpointing" not in report
+    assert "a lower LoRA rank (--lora-r, now 64; " in report
     assert main(["memory", "--method", "lora", "--zero-stage", "3", "--devices", "8"]) == 0
     assert "ZeRO-3 over 8" in capsys.readouterr().out
 
