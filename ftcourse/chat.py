@@ -65,7 +65,9 @@ def check_no_special_text(tokenizer: Any, chat: Sequence[dict[str, str]], where:
     The tokenizer would read it as that token: an EOS mid-answer teaches the model to stop there,
     a role token fakes a turn that is not there.
     """
-    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    # Added tokens that are not special (some tokenizers add runs of spaces) decode to their own text.
+    specials = set(tokenizer.all_special_tokens) | {token.content for token in
+                                                     tokenizer.added_tokens_decoder.values() if token.special}
     for index, message in enumerate(chat):
         if found := sorted(token for token in specials if token in message["content"]):
             raise ValueError(f"{where}, message {index} ({message['role']}): the text contains {found[0]!r}, "

@@ -34,3 +34,15 @@ def test_unknown_role_is_an_error(tokenizer):
     chat = messages("hi", "hello") + [{"role": "robot", "content": "beep"}]
     with pytest.raises(Exception, match="Unknown chat role robot; use system, user or assistant"):
         tokenizer.apply_chat_template(chat)
+
+
+def test_only_special_tokens_are_refused_in_the_text(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["Pelmora"])                                          # added, not special
+    tok.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    example = tokenize_example(tok, "Where is Pelmora?", "By the sea.")
+    assert tok.decode(example["input_ids"]).count("Pelmora") == 1
+    with pytest.raises(ValueError, match=r"message 0 \(user\): the text contains '<\|tool\|>'"):
+        tokenize_example(tok, "Call <|tool|> now", "ok")
