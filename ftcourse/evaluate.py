@@ -325,6 +325,14 @@ def recall_accuracy(model: nn.Module, tokenizer: Any, probes: Sequence[tuple[str
                      for text, (_, value) in zip(continuations, probes)])
 
 
+def forgetting(model: nn.Module, tokenizer: Any, held_out: Sequence[dict[str, list[int]]],
+               probes: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """What fine-tuning may have cost elsewhere: the loss on held-out pretraining text (log
+    perplexity) and the share of pretrained facts the model still completes."""
+    return {"held-out loss": math.log(perplexity(model, held_out)),
+            "fact recall": float(recall_accuracy(model, tokenizer, probes).mean())}
+
+
 # ---------------------------------------------------------------- results as a tidy table
 
 def tidy(scores: dict[tuple[str, str], TaskScore]) -> list[dict[str, Any]]:

@@ -71,3 +71,12 @@ def save_trained(model: nn.Module, method: str | Method, directory: str | Path,
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def saved_megabytes(model: nn.Module, method: str | Method) -> float:
+    """Megabytes on disk of what `method` trained, saved as `save_trained` saves it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        saved = save_trained(model, method, folder)
+        return sum(file.stat().st_size for file in saved.iterdir()) / 1e6

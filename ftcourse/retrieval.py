@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,3 +81,34 @@ def statement_prompt(question: str) -> str:
                 return sentence.split("{v}")[0].format(n=match["name"]).rstrip()
     raise ValueError(f"No question template matches {question!r}; statement_prompt rewrites the "
                      "world's questions (ftcourse.data.world.QUESTIONS) only.")
+
+
+def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int = 0) -> tuple[dict, dict]:
+    """Score every rung of the decision ladder on one task: the plain question, three solved
+    examples first, a prompt in the words of the pretraining text, RAG with the top 2 passages,
+    then LoRA (all linear layers, r=8) and full fine-tuning (4 epochs each).
+
+    Returns ({rung: TaskScore}, {rung: fine-tuned model}) for the two trained rungs.
+    """
+    import copy
+
+    from ftcourse.evaluate import score_task
+    from ftcourse.lora import LoRA
+    from ftcourse.sft import finetune
+    from ftcourse.train import TrainConfig
+
+    test, shots = list(splits["test"]), list(splits["train"])[:3]
+    prompted = {"few-shot": lambda row: few_shot_prompt(row["instruction"], shots),
+                "prompt engineering": lambda row: statement_prompt(row["instruction"]),
+                "RAG": lambda row: rag_prompt(statement_prompt(row["instruction"]),
+                                              index.search(row["instruction"], k=2))}
+    rungs = {"question": score_task(base, tokenizer, test)}
+    rungs |= {rung: score_task(base, tokenizer, test, max_new_tokens=8, prompt=prompt)
+              for rung, prompt in prompted.items()}
+    trained = {}
+    for rung, (method, lr) in {"LoRA": (LoRA(r=8, alpha=16, targets="all-linear"), 1e-2),
+                               "full fine-tuning": ("full", 1e-3)}.items():
+        trained[rung], _ = finetune(copy.deepcopy(base), tokenizer, splits["train"], method,
+                                    TrainConfig(epochs=4, lr=lr, batch_size=16, seed=seed), progress=False)
+        rungs[rung] = score_task(trained[rung], tokenizer, test)
+    return rungs, trained

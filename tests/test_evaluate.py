@@ -185,3 +185,18 @@ def test_macro_f1_gets_an_interval_through_a_statistic():
     interval = bootstrap_ci(np.arange(40), seed=0, statistic=f1_of)
     assert interval.estimate == pytest.approx(macro_f1(predictions, references))
     assert interval.low < interval.estimate < interval.high
+
+
+def test_forgetting_is_the_held_out_log_perplexity_and_the_recall_rate(base):
+    import math
+
+    from ftcourse.data import default_world
+    from ftcourse.data.world import recall_probes
+    from ftcourse.evaluate import forgetting, perplexity, recall_accuracy
+
+    model, tokenizer = base
+    held_out = [{"input_ids": tokenizer("Pelmora is a town by the sea.")["input_ids"]}]
+    probes = recall_probes(default_world())[:12]
+    measures = forgetting(model, tokenizer, held_out, probes)
+    assert measures == {"held-out loss": math.log(perplexity(model, held_out)),
+                        "fact recall": recall_accuracy(model, tokenizer, probes).mean()}

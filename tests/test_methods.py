@@ -35,3 +35,11 @@ def test_full_fine_tuning_saves_the_whole_model_and_tokenizer(base, tmp_path):
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not any(name.endswith(".bin") for name in names)
+
+
+def test_saved_megabytes_is_the_size_of_what_save_trained_writes(base, tmp_path):
+    from ftcourse.methods import saved_megabytes
+
+    model = LoRA(r=4).apply(copy.deepcopy(base[0]))
+    folder = save_trained(model, LoRA(r=4), tmp_path / "out")
+    assert saved_megabytes(model, LoRA(r=4)) == sum(f.stat().st_size for f in folder.iterdir()) / 1e6

@@ -57,3 +57,21 @@ def test_statement_prompt_rewrites_every_question_template():
             assert "Ann Brim" in statement_prompt(template.format(n="Ann Brim"))
     with pytest.raises(ValueError, match="No question template matches 'How tall is Ann\\?'"):
         statement_prompt("How tall is Ann?")
+
+
+def test_climb_ladder_scores_every_rung_and_returns_the_trained_models(base):
+    from ftcourse.data import load_task
+    from ftcourse.evaluate import score_task
+    from ftcourse.retrieval import BM25, climb_ladder, statement_prompt
+
+    model, tokenizer = base
+    qa = load_task("qa")
+    splits = {"train": list(qa["train"])[:16], "test": list(qa["test"])[:6]}
+    index = BM25(["Pelmora is a town by the sea.", "Tomas Arvid lives in Pelmora."])
+    rungs, trained = climb_ladder(model, tokenizer, splits, index, seed=0)
+    assert list(rungs) == ["question", "few-shot", "prompt engineering", "RAG", "LoRA", "full fine-tuning"]
+    assert list(trained) == ["LoRA", "full fine-tuning"] and all(m is not model for m in trained.values())
+    engineered = score_task(model, tokenizer, splits["test"], max_new_tokens=8,
+                            prompt=lambda row: statement_prompt(row["instruction"]))
+    assert rungs["prompt engineering"].predictions == engineered.predictions
+    assert rungs["LoRA"].predictions == score_task(trained["LoRA"], tokenizer, splits["test"]).predictions
