@@ -2,7 +2,8 @@
 #   make book   build the site into _build/html, executing every notebook on the tiny profile
 #   make serve  preview the built site at http://127.0.0.1:8000
 #   make bench  our implementations against the libraries' (ratios, benchmarks/results/)
-#   make test   ruff, nbstripout --verify, pytest (unit + nbval notebooks), the book with -W
+#   make test   ruff, nbstripout --verify, pytest (unit + nbval notebooks), the equivalence tests again
+#               under ATEN_CPU_CAPABILITY=default and =avx2, the book with -W
 # Both create .venv first, installing the CPU build of torch before anything that depends on it.
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
 
-.PHONY: setup browser book serve timings catalogue bench test lint clean
+.PHONY: setup browser book serve timings catalogue bench equivalence test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,11 +59,22 @@ timings: $(STAMP)
 catalogue: $(STAMP)
 	$(BIN)/python tests/catalogue.py
 
+# The equivalence tests once more with torch's portable kernels and its AVX2 ones, whatever this
+# CPU has, so one run shows they hold on the instruction sets learners have (tests/tolerance.py).
+# bitsandbytes picks its kernels by the CPU itself: tests/known_defects.py says what that leaves.
+equivalence: $(STAMP)
+	for capability in default avx2; do \
+		echo "== equivalence tests, ATEN_CPU_CAPABILITY=$$capability"; \
+		ATEN_CPU_CAPABILITY=$$capability $(BIN)/pytest tests -m equivalence -q || exit 1; \
+	done
+
 # The book reuses what nbval executed (a jupyter-cache), so each notebook runs once per test.
+# The notebooks' times are shown beside the instructors' guide's, never checked: time is no test.
 test: lint browser
 	rm -rf _build
 	$(BIN)/pytest --keep-executed _build/.jupyter_cache --notebook-times _build/notebook_times.json
-	$(BIN)/python benchmarks/notebook_times.py --compare _build/notebook_times.json
+	$(MAKE) equivalence
+	$(BIN)/python benchmarks/notebook_times.py --show _build/notebook_times.json
 	sed 's/^\(\s*execute_notebooks:\).*/\1 cache/' _config.yml > _build/_config_test.yml
 	grep -q 'execute_notebooks: cache' _build/_config_test.yml
 	$(BIN)/jupyter-book build . --config _build/_config_test.yml -W -n --keep-going

@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 
 
+def pytest_report_header(config):
+    """Which of torch's CPU kernels this run uses (ATEN_CPU_CAPABILITY picks them; see Makefile)."""
+    import torch
+
+    return f"torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+
+
 def pytest_addoption(parser):
     parser.addoption("--keep-executed", metavar="CACHE_DIR", default=None,
                      help="store the notebooks nbval executed in a jupyter-cache at CACHE_DIR")

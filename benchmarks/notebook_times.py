@@ -1,11 +1,14 @@
 """How long each chapter takes on the tiny profile: measured, written for the instructors' guide.
 
-    python benchmarks/notebook_times.py --measure          # run every notebook under nbval, save the times
-    python benchmarks/notebook_times.py --compare FILE     # check a fresh run's times against the saved ones
+    python benchmarks/notebook_times.py --measure      # `make timings`: run every notebook, save the times
+    python benchmarks/notebook_times.py --save FILE    # save the times of a run already made
+    python benchmarks/notebook_times.py --show FILE    # print a run's times beside the guide's
 
-`--measure` writes benchmarks/results/notebook_times.json and the table book/_timings.md that the
-instructors' guide includes. `make test` records the times of its own nbval run and calls
-`--compare` on them, so a guide whose timings drift by more than half fails CI.
+`--measure` and `--save` write benchmarks/results/notebook_times.json and the table book/_timings.md
+that the instructors' guide includes, with the machine they were measured on (CPU model, cores,
+AVX-512 or not). `make test` records the times of its own nbval run and shows them beside the
+guide's. It never fails on them: a machine twice as fast or twice as slow as the one that measured
+the guide is not a defect, so time is never a test.
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "notebook_times.json"
 TABLE = ROOT / "book" / "_timings.md"
-TOLERANCE = 0.5          # a fresh run may differ from the saved time by this fraction...
-SLACK_SECONDS = 10.0     # ...or by this many seconds, whichever is larger (short notebooks are noisy)
 BOOK_GOAL_MINUTES = 15
 
 
@@ -37,9 +39,31 @@ def measure() -> dict[str, float]:
     return json.loads(times_file.read_text())
 
 
-def markdown_table(times: dict[str, float]) -> str:
+def cpu() -> dict[str, object]:
+    """The CPU model, its core count and its AVX-512 features (from /proc/cpuinfo, where there is one)."""
+    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count(), "avx512": []}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        named = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        info["model"] = named[0] if named else info["model"]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        info["avx512"] = sorted(flag for flag in flags if flag.startswith("avx512"))
+    return info
+
+
+def machine_line(machine: dict[str, object]) -> str:
+    """One sentence naming the machine a table was measured on."""
+    avx512 = machine.get("avx512") or []
+    named = [flag for flag in ("avx512f", "avx512_vnni", "avx512_bf16") if flag in avx512]
+    features = f"AVX-512 ({', '.join(named)})" if avx512 else "no AVX-512"
+    return f"{machine.get('model', 'unknown CPU')}, {machine.get('cores', '?')} cores, {features}"
+
+
+def markdown_table(times: dict[str, float], machine: dict[str, object] | None = None) -> str:
     """The guide's table: one row per notebook, minutes and seconds, and the whole book."""
-    rows = ["| notebook | run time on 2 CPU cores |", "|---|---|"]
+    rows = [f"Measured on {machine_line(machine)}, by `make timings`.", ""] if machine else []
+    rows += ["| notebook | run time |", "|---|---|"]
     chapters_first = sorted(times, key=lambda notebook: (not notebook.startswith("notebooks/"), notebook))
     rows += [f"| `{Path(notebook).stem}` | {times[notebook]:.0f} s |" for notebook in chapters_first]
     total = sum(times.values())
@@ -50,46 +74,38 @@ def markdown_table(times: dict[str, float]) -> str:
 def save(times: dict[str, float]) -> None:
     """Write the JSON record (with the machine it ran on) and the guide's markdown table."""
     SAVED.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    machine = {**cpu(), "python": platform.python_version(), "platform": platform.platform()}
     SAVED.write_text(json.dumps({"machine": machine, "seconds": times}, indent=1) + "\n")
     TABLE.write_text("<!-- Written by `python benchmarks/notebook_times.py --measure`; do not edit. -->\n\n"
-                     + markdown_table(times))
+                     + markdown_table(times, machine))
 
 
-def compare(fresh: dict[str, float], saved: dict[str, float]) -> list[str]:
-    """The notebooks whose fresh time is off from the saved one by more than the tolerance."""
-    problems = []
-    for notebook, seconds in saved.items():
-        if notebook not in fresh:
-            problems.append(f"{notebook}: saved in {SAVED.name} but not in the fresh run")
-            continue
-        allowed = max(TOLERANCE * seconds, SLACK_SECONDS)
-        if abs(fresh[notebook] - seconds) > allowed:
-            problems.append(f"{notebook}: {fresh[notebook]:.0f} s now vs {seconds:.0f} s in the guide")
-    problems += [f"{notebook}: not in the guide's timings" for notebook in fresh if notebook not in saved]
-    return problems
+def side_by_side(fresh: dict[str, float], saved: dict[str, Any]) -> str:
+    """A fresh run's times beside the guide's, with both machines named; information, not a check."""
+    guide = saved["seconds"]
+    lines = [f"guide: {machine_line(saved.get('machine', {}))}", f"now:   {machine_line(cpu())}"]
+    for notebook in sorted(set(guide) | set(fresh)):
+        now, then = fresh.get(notebook, float("nan")), guide.get(notebook, float("nan"))
+        lines.append(f"{notebook:45s} guide {then:6.0f} s   now {now:6.0f} s")
+    lines.append(f"{'whole book':45s} guide {sum(guide.values()) / 60:6.1f} min now "
+                 f"{sum(fresh.values()) / 60:6.1f} min")
+    return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--measure", action="store_true", help="run the notebooks and save their times")
-    action.add_argument("--compare", metavar="FILE",
-                        help="the times of a fresh run (pytest --notebook-times FILE)")
-    args = parser.parse_args()
-    if args.measure:
-        times = measure()
-        save(times)
-        print(markdown_table(times))
+    action.add_argument("--save", metavar="FILE",
+                        help="save the times of a run made with pytest --notebook-times FILE")
+    action.add_argument("--show", metavar="FILE", help="print a run's times beside the guide's")
+    args = parser.parse_args(argv)
+    if args.show:
+        print(side_by_side(json.loads(Path(args.show).read_text()), json.loads(SAVED.read_text())))
         return
-    saved = json.loads(SAVED.read_text())["seconds"]
-    fresh = json.loads(Path(args.compare).read_text())
-    for notebook, seconds in saved.items():
-        print(f"{notebook:45s} guide {seconds:6.0f} s   now {fresh.get(notebook, float('nan')):6.0f} s")
-    if problems := compare(fresh, saved):
-        sys.exit("The instructors' guide's timings are out of date (re-run "
-                 "`python benchmarks/notebook_times.py --measure`):\n  " + "\n  ".join(problems))
-    print(f"Notebook times match the guide (within {TOLERANCE:.0%} or {SLACK_SECONDS:.0f} s).")
+    times = measure() if args.measure else json.loads(Path(args.save).read_text())
+    save(times)
+    print(markdown_table(times, cpu()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py                 # `make bench`: every benchmark, ~6 min on 2 cores
     python benchmarks/run_all.py --quick         # tiny sizes, a few iterations (what the tests run)
-    python benchmarks/run_all.py --only nf4      # one benchmark (train_throughput, lora_layer or nf4)
+    python benchmarks/run_all.py --only nf4      # one of train_throughput, lora_layer, nf4, load_base
 
 Writes report.json, report.md (benchmark, ours, library, ratio, goal, met?) and ratios.png (one bar
 per ratio, with its goal) into --out, with the machine and the command. The notebooks' run times
@@ -19,13 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import load_base
 import lora_layer
 import nf4
 import train_throughput
 from comparison import Comparison, machine, set_threads
 from notebook_times import BOOK_GOAL_MINUTES, SAVED, markdown_table
 
-BENCHMARKS = {"train_throughput": train_throughput.run, "lora_layer": lora_layer.run, "nf4": nf4.run}
+BENCHMARKS = {"train_throughput": train_throughput.run, "lora_layer": lora_layer.run, "nf4": nf4.run,
+              "load_base": load_base.run}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -1,6 +1,7 @@
 """`ftcourse doctor`: what this machine has, checked rather than assumed.
 
-Python, torch, the accelerator, the bitsandbytes 4-bit backend (by quantizing a tensor), every
+Python, torch, the accelerator, the bitsandbytes 4-bit backend (by quantizing a tensor) and
+whether its CPU kernels are exact on this CPU (bitsandbytes 0.50.2's are not on some), every
 dependency's version against the tested range in the package metadata, whether the embedded
 model loads, and the safe-loading settings: pickle files refused, torch.load's weights_only, remote
 code off, the hub online or not. The first step of every lab: a problem shows here, not halfway
@@ -90,6 +91,29 @@ def check_bitsandbytes() -> Check:
             return Check("bitsandbytes 4-bit", bitsandbytes.__version__, False,
                          f"NF4 failed on {device}: {type(err).__name__}: {err}")
     return Check("bitsandbytes 4-bit", bitsandbytes.__version__, True, f"NF4 works on {', '.join(working)}")
+
+
+def check_bitsandbytes_exact() -> Check:
+    """Whether bitsandbytes' CPU 4-bit kernels give the definition's values on this CPU: measured
+    by two probes (ftcourse.quant, ftcourse.qlora), since the kernels bitsandbytes picks depend on it."""
+    name = "bitsandbytes 4-bit exact on this CPU"
+    try:
+        from ftcourse.qlora import bitsandbytes_eval_error
+        from ftcourse.quant import bitsandbytes_dequantize_mismatches
+
+        wrong, eval_error = bitsandbytes_dequantize_mismatches(), bitsandbytes_eval_error()
+    except Exception as err:  # a broken install raises anything; check_bitsandbytes reports it too
+        return Check(name, "unknown", False, f"{type(err).__name__}: {err}")
+    found = []
+    if wrong:
+        found.append(f"its AVX-512 dequantize_4bit is wrong for rows of {', '.join(map(str, wrong))} values")
+    if eval_error > 1e-4:   # float32 gives ~1e-7, bfloat16's 8-bit mantissa ~1e-3
+        found.append(f"Linear4bit in eval mode computes in bfloat16 (error {eval_error:.0e}) and then "
+                     "passes no gradient")
+    if not found:
+        return Check(name, "yes", True, "dequantize_4bit and eval-mode Linear4bit give float32's values")
+    return Check(name, "no", True, "; ".join(found) + ". ftcourse's own 4-bit code is unaffected; see "
+                 "the book's page 'A bug report for bitsandbytes'")
 
 
 def check_embedded_model() -> Check:
@@ -218,9 +242,9 @@ def run_checks() -> list[Check]:
         checks.append(Check("profile", profile.name, True, profile.description))
     except ValueError as err:
         checks.append(Check("profile", os.environ.get("FTCOURSE_PROFILE", ""), False, str(err)))
-    return (checks + check_accelerator() + [check_bitsandbytes()] + check_versions()
-            + [check_embedded_model(), check_safetensors_only(), check_torch_load(), check_remote_code(),
-               check_hub_offline()])
+    return (checks + check_accelerator() + [check_bitsandbytes(), check_bitsandbytes_exact()]
+            + check_versions() + [check_embedded_model(), check_safetensors_only(), check_torch_load(),
+                                  check_remote_code(), check_hub_offline()])
 
 
 def format_report(checks: list[Check]) -> str:

@@ -231,5 +231,27 @@ def load_4bit(config: QLoRA, name_or_path: str | None = None) -> tuple[Any, Any]
     return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
 
-__all__ = ["Linear4bit", "QLoRA", "apply_qlora", "dequantize", "load_4bit", "merge_into_4bit",
-           "quantize_model", "quantized_layers"]
+def bitsandbytes_eval_error() -> float:
+    """How far bitsandbytes' `Linear4bit` in eval mode, asked for float32 compute, lands from a
+    float32 matmul of its own dequantized weight on this CPU (largest difference / largest output).
+
+    About 1e-7 where it computes in float32. On CPUs with AVX512-BF16, bitsandbytes 0.50.2 repacks
+    the weight at the first eval-mode forward without gradients and from then on multiplies in
+    bfloat16 (~1e-3), through an op without a backward (book/bitsandbytes_report.md).
+    """
+    import bitsandbytes as bnb
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 128, generator=generator) * 0.02
+    layer = bnb.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu")                                 # bitsandbytes quantizes on the move
+    x = torch.randn(3, 128, generator=generator)
+    expected = x @ Linear4bit.from_bitsandbytes(layer).dequantized_weight().T
+    with torch.no_grad():
+        got = layer.eval()(x)
+    return ((got - expected).abs().max() / expected.abs().max()).item()
+
+
+__all__ = ["Linear4bit", "QLoRA", "apply_qlora", "bitsandbytes_eval_error", "dequantize", "load_4bit",
+           "merge_into_4bit", "quantize_model", "quantized_layers"]

@@ -249,6 +249,35 @@ def from_bitsandbytes(packed: Tensor, state: Any) -> Quantized4bit:
                          state.blocksize)
 
 
+# Row lengths the probe tries: bitsandbytes 0.50.2's AVX-512 dequantize kernel reads a row's block
+# scales as if every row began a new block, which is wrong where a row is a multiple of 16 values
+# but not of the block size (96, 160 here); 64 and 128 take the same kernel correctly, 100 its
+# scalar one. book/bitsandbytes_report.md has the diagnosis and the reproduction.
+PROBE_ROW_LENGTHS = (64, 96, 100, 128, 160)
+
+
+def bitsandbytes_dequantize_mismatches(row_lengths: tuple[int, ...] = PROBE_ROW_LENGTHS,
+                                       blocksize: int = DEFAULT_BLOCKSIZE) -> dict[int, int]:
+    """{row length: values wrong} where bitsandbytes' dequantize_4bit on this CPU departs from the
+    definition code[index] * absmax[block], applied to bitsandbytes' own bytes; empty where exact.
+
+    bitsandbytes picks its native CPU kernel by the CPU's features (CPUID), so the answer is a
+    property of the machine: `ftcourse doctor` reports it, and the tests expect what it finds.
+    """
+    import bitsandbytes.functional as bnb
+
+    generator = torch.Generator().manual_seed(0)
+    wrong = {}
+    for length in row_lengths:
+        weight = torch.randn(4, length, generator=generator) * 0.02
+        packed, state = bnb.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4")
+        theirs = bnb.dequantize_4bit(packed, state)
+        count = int((theirs != dequantize_4bit(from_bitsandbytes(packed, state))).sum())
+        if count:
+            wrong[length] = count
+    return wrong
+
+
 def _times_block_scale_(values: Tensor, absmax: Tensor, blocksize: int) -> Tensor:
     # values (n,) float32 times the absmax of the block each belongs to, in place (they are a fresh
     # lookup: no second n-sized tensor); the tail block may be short.

@@ -116,6 +116,12 @@ class TrainResult:
 
 # ---------------------------------------------------------------- losses and batches
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32 if it is in a narrower float (bf16, fp16): losses over a vocabulary need the
+    range. A float64 `x` stays float64 (`.float()` would round it down)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Summed next-token cross-entropy over positions whose label is not -100, and their count."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
@@ -124,7 +130,7 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
     logits = model(**inputs).logits
     labels = batch["labels"][:, 1:]                      # token t predicts label t + 1
     logits = logits[:, :-1]
-    loss_sum = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+    loss_sum = nn.functional.cross_entropy(at_least_float32(logits.reshape(-1, logits.size(-1))),
                                            labels.reshape(-1), ignore_index=-100, reduction="sum")
     return loss_sum, (labels != -100).sum()
 
@@ -133,7 +139,7 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     """log p(label_{t+1} | tokens <= t) per position, (B, T-1); 0 where the label is -100."""
     labels = labels[:, 1:]
     mask = labels != -100
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logprobs = torch.log_softmax(at_least_float32(logits[:, :-1]), dim=-1)
     picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask
 

@@ -15,7 +15,7 @@ import run_all  # noqa: E402
 # In the order run_all writes them; --quick leaves out peak memory (torch's profiler takes ~6 s a side).
 EXPECTED = ["train tokens/s vs transformers Trainer", "train tokens/s vs TRL SFTTrainer",
             "lora layer fwd+bwd", "nf4 quantize", "nf4 dequantize", "nf4 quantize + double quant",
-            "nf4 dequantize + double quant"]
+            "nf4 dequantize + double quant", "load the embedded model"]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ import re
 
 import pytest
 import torch
+from known_defects import DEQUANTIZE_MISMATCHES, EVAL_IN_BFLOAT16
 
 from ftcourse.cli import main
 from ftcourse.doctor import (
@@ -45,6 +46,10 @@ def test_doctor_reports_truthfully():
     assert (checks["cuda"].value == "not available") == (not torch.cuda.is_available())
     assert checks["embedded model"].ok and "parameters" in checks["embedded model"].value
     assert checks["bitsandbytes 4-bit"].ok and "cpu" in checks["bitsandbytes 4-bit"].note
+    exact = checks["bitsandbytes 4-bit exact on this CPU"]
+    assert exact.value == ("no" if DEQUANTIZE_MISMATCHES or EVAL_IN_BFLOAT16 else "yes")
+    assert all(f" {length}" in exact.note for length in DEQUANTIZE_MISMATCHES)
+    assert ("bfloat16" in exact.note) == EVAL_IN_BFLOAT16
     assert checks["profile"].value == "tiny"
     assert checks["weights format"].ok and checks["weights format"].value == "safetensors only"
     assert checks["torch.load"].ok and torch.__version__ in checks["torch.load"].note

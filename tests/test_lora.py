@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from tolerance import assert_close, loss_path, transformer_path
 
 from ftcourse.lora import (
     LoRA,
@@ -16,7 +17,7 @@ from ftcourse.lora import (
     save_adapter,
     unmerge_lora,
 )
-from ftcourse.train import TrainConfig, causal_lm_loss, pad_batch, train
+from ftcourse.train import causal_lm_loss, pad_batch
 
 
 def randomize_(model, seed: int = 0):
@@ -34,6 +35,7 @@ def to_peft_state(ours):
     return {k.replace(".weight", ".default.weight"): v for k, v in lora_state_dict(ours).items()}
 
 
+@pytest.mark.equivalence
 def test_lora_linear_in_float64_is_the_formula():
     torch.manual_seed(0)
     base = torch.nn.Linear(16, 8).double()
@@ -42,7 +44,7 @@ def test_lora_linear_in_float64_is_the_formula():
     randomize_(torch.nn.ModuleDict({"x": layer}))
     x = torch.randn(3, 5, 16, dtype=torch.float64)
     expected = base(x) + 2.0 * x @ layer.lora_A.weight.T @ layer.lora_B.weight.T
-    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+    assert_close(layer(x), expected, n=16 + 4 + 1)      # W0 x (16 terms), A x (16), B (A x) (4), the sum
 
 
 def test_fresh_lora_model_equals_the_base_exactly(base):
@@ -68,25 +70,32 @@ def test_only_adapter_parameters_train(base):
 @pytest.mark.equivalence
 @pytest.mark.parametrize("config", [LoRA(r=4, alpha=8), LoRA(r=8, alpha=16, targets="all-linear"),
                                     LoRA(r=2, alpha=4, rslora=True, targets=r".*\.mlp\.(up|down)_proj")])
-def test_logits_match_peft_before_and_after_training(base, config):
+def test_logits_and_gradients_match_peft(base, config):
+    """Same logits and the same gradient for every adapter weight: then the same training loop
+    (tests/test_train.py) takes the same steps on both."""
     import peft
 
     model, tokenizer = base
     ours = randomize_(apply_lora(copy.deepcopy(model), config))
     theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft())
     theirs.load_state_dict(to_peft_state(ours), strict=False)
-    batch = tokenizer(["Quadra Kapels lives in Zellin.", "3 plus 4 is 7."], padding=True,
-                      return_tensors="pt")
-    with torch.no_grad():
-        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, rtol=0, atol=1e-6)
+    texts = ["Quadra Kapels lives in Zellin.", "3 plus 4 is 7."]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    tokens = batch["input_ids"].shape[1]
+    logits = {"ours": ours(**batch).logits, "theirs": theirs(**batch).logits}
+    assert_close(logits["ours"], logits["theirs"], n=transformer_path(model.config, tokens), msg="logits")
 
-    texts = ["Axbury is a city.", "2 plus 2 is 4."] * 4
-    data = [{"input_ids": ids, "labels": ids} for ids in tokenizer(texts)["input_ids"]]
-    train_config = TrainConfig(max_steps=3, batch_size=4, lr=1e-2)
-    train(ours, data, train_config, progress=False)
-    train(theirs, data, train_config, progress=False)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, rtol=0, atol=1e-6)
+    examples = [{"input_ids": ids} for ids in tokenizer(texts)["input_ids"]]
+    for adapted in (ours, theirs):
+        causal_lm_loss(adapted, pad_batch(examples, tokenizer.pad_token_id))[0].backward()
+    their_grads = {name.replace(".default", ""): p.grad for name, p in theirs.named_parameters()
+                   if p.requires_grad}
+    # The loss's path, then backward retraces the forward one.
+    count = sum(len(ex["input_ids"]) for ex in examples)
+    n = loss_path(model.config, tokens, count) + transformer_path(model.config, tokens)
+    for name, p in ours.named_parameters():
+        if p.requires_grad:
+            assert_close(p.grad, their_grads["base_model.model." + name], n=n, msg=name)
 
 
 @pytest.mark.equivalence
@@ -100,7 +109,7 @@ def test_adapters_round_trip_ours_peft_ours(base, tmp_path):
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "ours")
     ids = tokenizer(["Where does Quadra Kapels live?"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, rtol=0, atol=1e-6)
+        assert_close(theirs(ids).logits, ours(ids).logits, n=transformer_path(model.config, ids.shape[1]))
     theirs.save_pretrained(tmp_path / "theirs")
     again = load_adapter(copy.deepcopy(model), tmp_path / "theirs")
     for key, tensor in lora_state_dict(ours).items():
@@ -112,27 +121,34 @@ def test_adapters_round_trip_ours_peft_ours(base, tmp_path):
     assert sorted(saved["target_modules"]) == written["target_modules"]
 
 
+@pytest.mark.equivalence
 def test_merge_then_unmerge_restores_the_base_weights(base):
     model, tokenizer = base
-    adapted = randomize_(apply_lora(copy.deepcopy(model), LoRA(r=8, targets="all-linear")))
+    config = LoRA(r=8, targets="all-linear")
+    adapted = randomize_(apply_lora(copy.deepcopy(model), config))
     before = {n: p.clone() for n, p in adapted.named_parameters() if "base_layer" in n}
+    deltas = {f"{name}.base_layer.weight": layer.delta_weight()
+              for name, layer in lora_layers(adapted).items()}
     ids = tokenizer(["The pet of Quadra Kapels is a"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         unmerged = adapted(ids).logits
         merge_lora(adapted)
-        torch.testing.assert_close(adapted(ids).logits, unmerged)   # merged == unmerged outputs
+        # Merged weights W0 + s B A add the adapter's r-term sums to every matmul of the path.
+        n = transformer_path(model.config, ids.shape[1]) + model.config.num_hidden_layers * 2 * config.r
+        assert_close(adapted(ids).logits, unmerged, n=n, msg="merged vs unmerged logits")
         unmerge_lora(adapted)
     for name, p in adapted.named_parameters():
-        if name in before:
-            torch.testing.assert_close(p, before[name], rtol=0, atol=1e-6)
+        if name in before:   # (W0 + dW) - dW: two roundings of numbers as large as |W0| + |dW|
+            scale = (before[name].abs().max() + deltas[name].abs().max()).item()
+            assert_close(p, before[name], n=2, scale=scale, msg=name)
 
 
 def test_disabled_adapters_give_the_base_model(base):
     model, tokenizer = base
     adapted = randomize_(apply_lora(copy.deepcopy(model), LoRA()))
     ids = tokenizer(["Hello"], return_tensors="pt")["input_ids"]
-    with torch.no_grad(), adapters_disabled(adapted):
-        torch.testing.assert_close(adapted(ids).logits, model(ids).logits, rtol=0, atol=0)
+    with torch.no_grad(), adapters_disabled(adapted):   # the base layers alone: the same operations
+        assert torch.equal(adapted(ids).logits, model(ids).logits)
     with torch.no_grad():
         assert not torch.equal(adapted(ids).logits, model(ids).logits)
 
@@ -149,7 +165,7 @@ def test_swapping_adapters_on_one_base(base, tmp_path):
     with torch.no_grad():
         for name, reference in [("a", first), ("b", second), ("a", first)]:
             load_adapter(shared, tmp_path / name)
-            torch.testing.assert_close(shared(ids).logits, reference(ids).logits, rtol=0, atol=0)
+            assert torch.equal(shared(ids).logits, reference(ids).logits)   # the same weights, bit for bit
 
 
 def test_bad_configs_and_targets_are_clear_errors(base):

@@ -1,15 +1,13 @@
-import time
-
 import pytest
 
 from ftcourse import load_base
 from ftcourse.models import EMBEDDED_MODEL, ensure_distinct_pad
 
 
-def test_embedded_model_loads_fast_and_offline():
-    began = time.perf_counter()
+def test_embedded_model_loads_offline():
+    # The hub is off for the tests (conftest.py); how fast it loads is a benchmark
+    # (benchmarks/load_base.py), never a test.
     model, tokenizer = load_base()
-    assert time.perf_counter() - began < 10      # about a second when the CPU is free
     assert type(model).__name__ == "LlamaForCausalLM"
     assert model.config.hidden_size % 64 == 0 and model.config.intermediate_size % 64 == 0
     assert sum(p.numel() for p in model.parameters()) < 5_000_000

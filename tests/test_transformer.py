@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tolerance import assert_close, transformer_path
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ftcourse.transformer import RMSNorm, Transformer, TransformerConfig, apply_rope, rope_angles
@@ -34,7 +35,7 @@ def assert_same_logits(hf_model, input_ids, attention_mask=None):
     if attention_mask is not None:  # padded positions are not compared
         keep = attention_mask.bool()
         theirs, mine = theirs[keep], mine[keep]
-    assert (mine - theirs).abs().max().item() <= 1e-5
+    assert_close(mine, theirs, n=transformer_path(hf_model.config, input_ids.shape[1]), msg="logits")
 
 
 @pytest.mark.equivalence
@@ -73,7 +74,8 @@ def test_config_from_hf_reads_every_size():
 def test_rmsnorm_normalises_to_unit_root_mean_square():
     x = torch.randn(4, 7, 32) * 5
     y = RMSNorm(32, eps=0.0)(x)   # computes in float32 whatever the input, as HF's LlamaRMSNorm
-    torch.testing.assert_close(y.pow(2).mean(-1), torch.ones(4, 7), rtol=0, atol=1e-6)
+    # Two means of 32 squares (the norm's and this check's), a root and a division: n = 2 * 32 + 2.
+    assert_close(y.pow(2).mean(-1), torch.ones(4, 7), n=66)
 
 
 def test_rope_is_a_rotation_that_depends_on_relative_position():
@@ -82,20 +84,27 @@ def test_rope_is_a_rotation_that_depends_on_relative_position():
         cos_q, sin_q = (t.double() for t in rope_angles(torch.tensor([[pos_q]]), 16, 10000.0))
         cos_k, sin_k = (t.double() for t in rope_angles(torch.tensor([[pos_k]]), 16, 10000.0))
         return (apply_rope(q, cos_q, sin_q) * apply_rope(k, cos_k, sin_k)).sum()
-    # The angles are computed in float32, as in HF, so agreement is to float32 precision.
-    torch.testing.assert_close(rotated_dot(3, 1), rotated_dot(10, 8), rtol=0, atol=1e-6)
+    # The angles are computed in float32, as in HF: position * frequency is rounded to float32, an
+    # error of up to eps * position in the angle, so the rule runs in float32 with the dot product's
+    # magnitude |q| |k| times the largest position as the scale, over its 16 terms.
+    assert_close(rotated_dot(3, 1), rotated_dot(10, 8), n=16, dtype=torch.float32,
+                 scale=(q.norm() * k.norm()).item() * 10)
     cos, sin = (t.double() for t in rope_angles(torch.tensor([[5]]), 16, 10000.0))
-    torch.testing.assert_close(apply_rope(q, cos, sin).norm(), q.norm(), rtol=0, atol=1e-6)
+    assert_close(apply_rope(q, cos, sin).norm(), q.norm(), n=16, dtype=torch.float32,
+                 scale=q.norm().item() * 5)
     assert abs(rotated_dot(3, 1) - rotated_dot(3, 2)) > 1e-3    # ... and it does depend on it
 
 
+@pytest.mark.equivalence
 def test_attention_is_causal():
-    model = Transformer.from_hf(random_llama(**RANDOM_CONFIGS["grouped kv heads, untied head"])).eval()
+    hf_model = random_llama(**RANDOM_CONFIGS["grouped kv heads, untied head"])
+    model = Transformer.from_hf(hf_model).eval()
     ids = torch.randint(0, 300, (1, 12))
     changed = ids.clone()
     changed[0, 8:] = (changed[0, 8:] + 1) % 300
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits[:, :8], model(changed).logits[:, :8])
+        assert_close(model(ids).logits[:, :8], model(changed).logits[:, :8],
+                     n=transformer_path(hf_model.config, 12))
 
 
 def test_too_long_input_and_unknown_rope_are_clear_errors():
@@ -107,6 +116,7 @@ def test_too_long_input_and_unknown_rope_are_clear_errors():
         TransformerConfig.from_hf(hf_model.config)
 
 
+@pytest.mark.equivalence
 def test_ablation_silences_one_part_and_restores_it():
     from ftcourse.transformer import ablated
 
@@ -117,8 +127,8 @@ def test_ablation_silences_one_part_and_restores_it():
     for part in ("attention", "ffn"):
         with torch.no_grad(), ablated(hf_model, 1, part), ablated(ours, 1, part):
             theirs = hf_model(ids).logits
-            torch.testing.assert_close(ours(ids).logits, theirs, rtol=1e-5, atol=1e-5)
+            assert_close(ours(ids).logits, theirs, n=transformer_path(hf_model.config, 10))
             assert (theirs - before).abs().max() > 1e-3
-    torch.testing.assert_close(hf_model(ids).logits.detach(), before, rtol=0, atol=0)
+    assert torch.equal(hf_model(ids).logits.detach(), before)    # restored: the same weights and operations
     with pytest.raises(ValueError, match="layer must be in 0..2, got 3"), ablated(ours, 3, "ffn"):
         pass
