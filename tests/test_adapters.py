@@ -5,10 +5,10 @@ import copy
 import peft
 import pytest
 import torch
-from tolerance import assert_close, transformer_path
 
 from ftcourse.adapters import IA3, AdapterLinear, BottleneckAdapter, IA3Linear, to_peft_ia3_state
 from ftcourse.methods import count_parameters
+from ftcourse.tolerance import assert_close, transformer_path
 
 
 @pytest.mark.equivalence

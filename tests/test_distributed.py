@@ -17,9 +17,9 @@ import pytest
 import torch
 from distributed_train import GLOBAL_BATCH, RUNS, train_tiny
 from safetensors import safe_open
-from tolerance import assert_close, loss_path, transformer_path
 
 from ftcourse.models import load_base
+from ftcourse.tolerance import assert_close, loss_path, transformer_path
 from ftcourse.train import TrainConfig, train
 
 # Both sides sum the same per-item gradients in another order (half batches, micro-batches, then the

@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-from tolerance import assert_close, bound, loss_path
 
 from ftcourse.chat import pad_pairs
 from ftcourse.data import load_task
@@ -16,6 +15,7 @@ from ftcourse.dpo import (
     train_dpo,
 )
 from ftcourse.lora import LoRA, apply_lora, lora_layers
+from ftcourse.tolerance import assert_close, bound, loss_path
 from ftcourse.train import TrainConfig
 
 

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tolerance import assert_close, loss_path
 
 from ftcourse.evaluate import (
     CI,
@@ -15,6 +14,7 @@ from ftcourse.evaluate import (
     perplexity,
     rouge_l,
 )
+from ftcourse.tolerance import assert_close, loss_path
 
 
 def test_exact_match_normalises_case_space_and_punctuation():

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from tolerance import assert_close, loss_path, transformer_path
 
 from ftcourse.lora import (
     LoRA,
@@ -17,6 +16,7 @@ from ftcourse.lora import (
     save_adapter,
     unmerge_lora,
 )
+from ftcourse.tolerance import assert_close, loss_path, transformer_path
 from ftcourse.train import causal_lm_loss, pad_batch
 
 

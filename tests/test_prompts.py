@@ -5,11 +5,11 @@ import copy
 import peft
 import pytest
 import torch
-from tolerance import assert_close, transformer_path
 
 from ftcourse.chat import prompt_ids
 from ftcourse.generate import generate, generate_ids
 from ftcourse.prompts import PrefixTuning, PromptTuning, save_soft_prompt
+from ftcourse.tolerance import assert_close, transformer_path
 
 
 def with_peft_weights(ours, config, base):

@@ -7,7 +7,6 @@ import peft
 import pytest
 import torch
 from known_defects import EVAL_DEFECT, dequantize_defect
-from tolerance import assert_close, loss_path, transformer_path
 from torch import nn
 
 from ftcourse.lora import LoRALinear, lora_layers, merge_lora
@@ -21,6 +20,7 @@ from ftcourse.qlora import (
     quantized_layers,
 )
 from ftcourse.quant import dequantize_4bit, quantize_4bit
+from ftcourse.tolerance import assert_close, loss_path, transformer_path
 
 
 def randomize_lora(model, seed=0):

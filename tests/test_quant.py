@@ -6,9 +6,9 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 from known_defects import DEQUANTIZE_MISMATCHES, dequantize_defect, dequantize_is_wrong_for
-from tolerance import assert_close
 
 from ftcourse import quant
+from ftcourse.tolerance import assert_close
 
 # Two-dimensional like real weights: whole blocks, a partial tail block, an odd number of values.
 SHAPES = [(64, 96), (37, 64), (5, 91), (7, 9)]

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 from rank_bm25 import BM25Okapi
-from tolerance import assert_close
 
 from ftcourse.data import default_world
 from ftcourse.data.world import biography
 from ftcourse.evaluate import words
 from ftcourse.retrieval import BM25, few_shot_prompt, rag_prompt
+from ftcourse.tolerance import assert_close
 
 
 def world_documents():

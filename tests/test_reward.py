@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-from tolerance import assert_close, transformer_path
 
 from ftcourse.chat import pad_pairs, tokenize_pair
 from ftcourse.data import load_task
@@ -14,6 +13,7 @@ from ftcourse.reward import (
     to_sequence_classifier,
     train_reward_model,
 )
+from ftcourse.tolerance import assert_close, transformer_path
 from ftcourse.train import TrainConfig
 
 

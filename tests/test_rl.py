@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-from tolerance import assert_close
 
 from ftcourse.rl import GRPO, exact_answer_reward, group_advantages, grpo_loss, train_grpo
+from ftcourse.tolerance import assert_close
 
 
 def test_group_advantages_on_known_values():

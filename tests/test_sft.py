@@ -4,11 +4,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tolerance import assert_close, loss_path, transformer_path
 
 from ftcourse.chat import pack_examples, tokenize_chat, tokenize_example
 from ftcourse.data import load_task
 from ftcourse.sft import Formatting, finetune, tokenize_instructions
+from ftcourse.tolerance import assert_close, loss_path, transformer_path
 from ftcourse.train import TrainConfig, causal_lm_loss, pad_batch
 
 

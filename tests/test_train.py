@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 import torch
-from tolerance import adam_bound, assert_close, bound, loss_path, transformer_path
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ftcourse.tolerance import adam_bound, assert_close, bound, loss_path, transformer_path
 from ftcourse.train import (
     TrainConfig,
     causal_lm_loss,

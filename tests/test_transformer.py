@@ -1,8 +1,8 @@
 import pytest
 import torch
-from tolerance import assert_close, transformer_path
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ftcourse.tolerance import assert_close, transformer_path
 from ftcourse.transformer import RMSNorm, Transformer, TransformerConfig, apply_rope, rope_angles
 
 RANDOM_CONFIGS = {

@@ -1,11 +1,12 @@
-"""The one tolerance rule for every float comparison of two computations of the same thing.
+"""How close is "equal"? The one tolerance rule for comparing two float computations of one thing.
 
-Two correct implementations of one float computation differ only in rounding: they add in other
-orders (blocked or pairwise sums, AVX2's 8 lanes or AVX-512's 16, fused kernels or not). Each
-rounding errs by at most u = eps/2 of the value it rounds; n of them, of unrelated signs, add up
-like a random walk (Higham & Mary 2019, "A new approach to probabilistic rounding error
-analysis", SIAM J. Sci. Comput. 41(5)): |error| <= lambda * sqrt(n) * u * scale, except with
-probability 2 exp(-lambda^2 / 2). Hence the rule
+The tests and the chapters use it wherever ours is compared with a library, or with itself
+computed another way. Two correct implementations of one float computation differ only in
+rounding: they add in other orders (blocked or pairwise sums, AVX2's 8 lanes or AVX-512's 16,
+fused kernels or not). Each rounding errs by at most u = eps/2 of the value it rounds; n of
+them, of unrelated signs, add up like a random walk (Higham & Mary 2019, "A new approach to
+probabilistic rounding error analysis", SIAM J. Sci. Comput. 41(5)): |error| <= lambda *
+sqrt(n) * u * scale, except with probability 2 exp(-lambda^2 / 2). Hence the rule
 
     bound = C * eps(dtype) * sqrt(n) * scale,     C = 4 (lambda = 8: a false alarm < 3e-14 per value)
 
@@ -103,7 +104,7 @@ def assert_close(actual: Any, expected: Any, *, n: int | None = None, scale: flo
 
 def _record(actual: Tensor, expected: Tensor, limit: float, msg: str) -> None:
     # FTCOURSE_TOLERANCE_LOG=FILE appends each comparison's worst difference and its bound, so the
-    # margin of the rule can be read off a run on any CPU (see `make tolerance-report`).
+    # margin of the rule can be read off a run on any CPU.
     log = os.environ.get("FTCOURSE_TOLERANCE_LOG")
     if not log:
         return
