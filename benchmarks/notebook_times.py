@@ -57,12 +57,13 @@ def machine_line(machine: dict[str, object]) -> str:
     avx512 = machine.get("avx512") or []
     named = [flag for flag in ("avx512f", "avx512_vnni", "avx512_bf16") if flag in avx512]
     features = f"AVX-512 ({', '.join(named)})" if avx512 else "no AVX-512"
-    return f"{machine.get('model', 'unknown CPU')}, {machine.get('cores', '?')} cores, {features}"
+    cores = machine.get("cores", machine.get("cpus", "?"))         # older records name it "cpus"
+    return f"{machine.get('model', 'unknown CPU')}, {cores} cores, {features}"
 
 
 def markdown_table(times: dict[str, float], machine: dict[str, object] | None = None) -> str:
     """The guide's table: one row per notebook, minutes and seconds, and the whole book."""
-    rows = [f"Measured on {machine_line(machine)}, by `make timings`.", ""] if machine else []
+    rows = [f"Measured on {machine_line(machine)}; re-measure with `make timings`.", ""] if machine else []
     rows += ["| notebook | run time |", "|---|---|"]
     chapters_first = sorted(times, key=lambda notebook: (not notebook.startswith("notebooks/"), notebook))
     rows += [f"| `{Path(notebook).stem}` | {times[notebook]:.0f} s |" for notebook in chapters_first]
@@ -76,7 +77,7 @@ def save(times: dict[str, float]) -> None:
     SAVED.parent.mkdir(parents=True, exist_ok=True)
     machine = {**cpu(), "python": platform.python_version(), "platform": platform.platform()}
     SAVED.write_text(json.dumps({"machine": machine, "seconds": times}, indent=1) + "\n")
-    TABLE.write_text("<!-- Written by `python benchmarks/notebook_times.py --measure`; do not edit. -->\n\n"
+    TABLE.write_text("<!-- Written by benchmarks/notebook_times.py (--measure, --save); do not edit -->\n\n"
                      + markdown_table(times, machine))
 
 

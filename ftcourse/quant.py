@@ -266,6 +266,8 @@ def bitsandbytes_dequantize_mismatches(row_lengths: tuple[int, ...] = PROBE_ROW_
     """
     import bitsandbytes.functional as bnb
 
+    if not row_lengths or not all(isinstance(length, int) and length >= 1 for length in row_lengths):
+        raise ValueError(f"row_lengths must be positive ints (values per row), got {row_lengths!r}.")
     generator = torch.Generator().manual_seed(0)
     wrong = {}
     for length in row_lengths:

@@ -20,7 +20,7 @@ from ftcourse.qlora import (
     quantized_layers,
 )
 from ftcourse.quant import dequantize_4bit, quantize_4bit
-from ftcourse.tolerance import assert_close, loss_path, transformer_path
+from ftcourse.tolerance import assert_close, bound, loss_path, transformer_path
 
 
 def randomize_lora(model, seed=0):
@@ -113,7 +113,7 @@ def test_bitsandbytes_eval_forward_computes_in_float32(in_features):
 
 @pytest.mark.equivalence
 @EVAL_DEFECT
-@pytest.mark.filterwarnings("ignore:bitsandbytes::gemv_4bit")   # torch's warning of what this asserts
+@pytest.mark.filterwarnings("ignore:.*an autograd kernel was not registered")   # what this test asserts
 def test_bitsandbytes_layer_passes_gradients_after_an_eval_forward():
     """Evaluating a model halfway through training must not change how it trains afterwards."""
     torch.manual_seed(0)
@@ -194,7 +194,10 @@ def test_merging_into_4bit_is_lossy_and_dequantized_merge_is_exact(base):
         rounded_error = (rounded(input_ids=ids).logits - reference).abs().max().item()
     assert all(layer.merged for layer in lora_layers(exact).values()) and not quantized_layers(exact)
     assert not lora_layers(rounded) and quantized_layers(rounded)
-    assert exact_error < 1e-4 < rounded_error
+    # Exact up to rounding: merged weights add the adapters' r-term sums to every layer's path.
+    n = transformer_path(model.config, 16) + model.config.num_hidden_layers * 2 * 4
+    rounding = bound(torch.float32, n, reference.abs().max().item())
+    assert exact_error <= rounding < rounded_error
 
 
 def test_lora_merge_refuses_a_quantized_base():

@@ -112,6 +112,11 @@ def test_dequantized_values_equal_bitsandbytes(shape, dtype, quant_type):
     assert torch.equal(quant.dequantize_4bit(ours), theirs.reshape(shape))
 
 
+def test_the_dequantize_probe_rejects_bad_row_lengths():
+    with pytest.raises(ValueError, match=r"row_lengths must be positive ints .*got \(96, 0\)"):
+        quant.bitsandbytes_dequantize_mismatches((96, 0))
+
+
 def test_the_dequantize_probe_finds_exactly_the_diagnosed_rows():
     """The probe finds no wrong values, or wrong values in exactly the rows the diagnosis names."""
     wrong_rows = {length for length in quant.PROBE_ROW_LENGTHS if dequantize_is_wrong_for(length)}
