@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftcourse.batching import causal_lm_loss
 from ftcourse.lora import LoRA, apply_lora
 from ftcourse.memory import Setup, estimate, measure_training_step
 from ftcourse.params import REAL_MODELS, flops_per_token
-from ftcourse.train import causal_lm_loss
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s).
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}

@@ -33,11 +33,12 @@ import torch
 from comparison import Comparison, command_line, interleaved, median, spread
 from torch import nn
 
+from ftcourse.batching import pad_batch
 from ftcourse.data import load_task
 from ftcourse.memory import measure_peak
 from ftcourse.models import load_base
 from ftcourse.sft import tokenize_instructions
-from ftcourse.train import TrainConfig, example_order, make_optimizer, pad_batch, train
+from ftcourse.train import TrainConfig, example_order, make_optimizer, train
 
 GOAL = 1.0
 LIBRARIES = {"trainer": "transformers Trainer", "sft_trainer": "TRL SFTTrainer"}

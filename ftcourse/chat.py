@@ -4,17 +4,13 @@ The template wraps each turn in role tokens and ends an assistant turn with EOS,
 model learns to stop. Labels are -100 except on assistant turns: the loss falls on responses and
 their EOS only (TRL's "completion-only loss"). Masking is exact because the chat up to a turn,
 rendered with `add_generation_prompt=True`, is a token-for-token prefix of the chat with that turn.
-Packing puts several examples in one row with positions restarting at 0 for each example; the
-model then keeps examples apart (transformers builds a block-diagonal mask from the positions).
+Padding, packing and length limits are batching's (`ftcourse.batching`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = tuple(f"<|{role}|>" for role in ROLES) + ("<|end|>",)
@@ -125,62 +121,6 @@ def tokenize_example(tokenizer: Any, instruction: str, response: str,
     return tokenize_chat(tokenizer, messages(instruction, response), **options)
 
 
-def leave_out_too_long(examples: Sequence[dict[str, list[int]]],
-                       max_len: int | None) -> list[dict[str, list[int]]]:
-    """The examples whose every `*input_ids` fits in `max_len` tokens. The others are left out with
-    a warning that counts them (cutting one would cut off its answer and EOS); none left is an error."""
-    if max_len is None:
-        return list(examples)
-    too_long = [i for i, ex in enumerate(examples) if longest_sequence(ex) > max_len]
-    if not too_long:
-        return list(examples)
-    if len(too_long) == len(examples):
-        raise ValueError(f"All {len(examples)} examples are longer than max_len={max_len} tokens, so "
-                         "none is left to train on. Shorten them or raise max_len.")
-    warnings.warn(f"Left out {len(too_long)} of {len(examples)} examples longer than {max_len} "
-                  f"tokens (first: row {too_long[0]}). Shorten them or raise max_len.", stacklevel=3)
-    skipped = set(too_long)
-    return [ex for i, ex in enumerate(examples) if i not in skipped]
-
-
-def longest_sequence(example: dict[str, Any]) -> int:
-    """Tokens in the longest sequence of an example (`input_ids`, or `chosen_` and `rejected_input_ids`)."""
-    return max((len(ids) for key, ids in example.items() if key.endswith("input_ids")), default=0)
-
-
-def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
-    """Greedy first-fit packing into rows of at most `max_len` tokens, keeping examples whole.
-
-    Each row has `input_ids`, `labels` and `position_ids` that restart at 0 for every example; the
-    first label of every example is -100 (it would be predicted from the previous example).
-    """
-    if empty := [i for i, ex in enumerate(examples) if not ex["input_ids"]]:
-        raise ValueError(f"{len(empty)} example(s) (first: {empty[0]}) have no tokens; drop them before "
-                         "packing.")
-    if too_long := [i for i, ex in enumerate(examples) if len(ex["input_ids"]) > max_len]:
-        raise ValueError(f"{len(too_long)} example(s) (first: {too_long[0]}) are longer than "
-                         f"max_len={max_len}; packing keeps examples whole. Raise max_len or filter them.")
-    rows: list[dict[str, list[int]]] = []
-    for example in examples:
-        n = len(example["input_ids"])
-        row = next((r for r in rows if len(r["input_ids"]) + n <= max_len), None)
-        if row is None:
-            row = {"input_ids": [], "labels": [], "position_ids": []}
-            rows.append(row)
-        row["input_ids"] += example["input_ids"]
-        row["labels"] += [-100] + example["labels"][1:]
-        row["position_ids"] += list(range(n))
-    return rows
-
-
-def packed_attention_mask(position_ids: Sequence[int]) -> torch.Tensor:
-    """(T, T) booleans for one packed row: token i may attend to token j when both belong to the
-    same example (positions restart at 0 for each) and j <= i. The mask transformers builds."""
-    segment = torch.cumsum(torch.tensor(position_ids) == 0, dim=0)
-    causal = torch.ones(len(position_ids), len(position_ids), dtype=torch.bool).tril()
-    return causal & (segment[:, None] == segment[None, :])
-
-
 def tokenize_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str) -> dict[str, list[int]]:
     """A preference pair as two chats sharing the prompt: `chosen_*` and `rejected_*` input ids and
     labels (the answer and its EOS), the layout reward models and DPO train on."""
@@ -192,12 +132,3 @@ def tokenize_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str) -> di
         example = tokenize_example(tokenizer, prompt, answer)
         pair[f"{side}_input_ids"], pair[f"{side}_labels"] = example["input_ids"], example["labels"]
     return pair
-
-
-def pad_pairs(pairs: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """A batch of B pairs as 2B right-padded rows: the chosen answers first, then the rejected."""
-    from ftcourse.train import pad_batch
-
-    rows = [{"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
-            for side in ("chosen", "rejected") for p in pairs]
-    return pad_batch(rows, pad_id)

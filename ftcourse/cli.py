@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 
 
@@ -148,7 +147,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     from ftcourse.data import load_task
     from ftcourse.evaluate import score_task
-    from ftcourse.memory import MemoryWarning
     from ftcourse.models import load_base
     from ftcourse.sft import finetune
     from ftcourse.train import TrainConfig
@@ -156,7 +154,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     model, tokenizer = load_base(args.model, profile=args.profile)
     data = load_task(args.task, profile=args.profile)
     method = method_from_args(args)
-    if refuse_if_too_big(args, model, tokenizer, data["train"], method):
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    if refuse_if_too_big(args, model, tokenizer, data["train"], method, config):
         return 2
     test_by_task: dict[str, list[dict]] = {}
     for row in data["test"]:
@@ -164,12 +163,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.limit:
         test_by_task = {task: rows[:args.limit] for task, rows in test_by_task.items()}
     before = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    with warnings.catch_warnings():
-        if args.ignore_memory_check:        # the check above has said it; the training loop would repeat it
-            warnings.simplefilter("ignore", MemoryWarning)
-        model, result = finetune(model, tokenizer, data["train"], method, config,
-                                 progress=not args.no_progress)
+    model, result = finetune(model, tokenizer, data["train"], method, config, memory_check="off",
+                             progress=not args.no_progress)             # checked above
     after = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
     print(f"{args.method} fine-tuning on {args.task}: {len(result.history)} steps, "
           f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s")
@@ -188,12 +183,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 FINETUNE_FLAGS = {"method": "--method", "batch_size": "--batch-size", "lora_r": "--lora-r"}
 
 
-def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence[dict], method) -> bool:
-    """Whether to refuse the run: memory.preflight predicts it will not fit on the device it will
-    train on. It says so on stderr, with the breakdown and what would fit; --ignore-memory-check
-    turns the refusal into a warning. The sequence length is the longest tokenised example (the
-    training loop pads each batch to its longest); precision and device are the ones it will use."""
-    from ftcourse.memory import Setup, WontFit, available_memory, preflight, stored_bytes
+def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence[dict], method,
+                      config) -> bool:
+    """Whether to refuse the run: the memory pre-flight (`memory.plan_run`) predicts it will not fit
+    on the device it will train on. Checked before any scoring or training, so a refusal costs
+    nothing; it says so on stderr, with the breakdown and what would fit. --ignore-memory-check
+    turns the refusal into a warning."""
+    from ftcourse.batching import max_positions
+    from ftcourse.memory import WontFit, plan_run, training_device
     from ftcourse.params import config_value
     from ftcourse.sft import tokenize_instructions
 
@@ -201,21 +198,15 @@ def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence
         print("ftcourse finetune: note: no memory check, the memory model counts Llama-family models only",
               file=sys.stderr)
         return False
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    lengths = [len(example["input_ids"]) for example in tokenize_instructions(tokenizer, rows)]
-    lengths = [n for n in lengths if max_len is None or n <= max_len]   # finetune leaves out longer ones
-    if not lengths:
-        return False                            # finetune says why there is nothing to train on
-    setup = Setup(method=method, precision=training_precision(model), seq_len=max(lengths),
-                  batch_size=min(args.batch_size, len(lengths)), padding=len(set(lengths)) > 1)
-    device = training_device()
-    # The weights are loaded already: on the CPU MemAvailable lacks them, yet the estimate counts them.
-    available = available_memory(device) + (stored_bytes(model) if device == "cpu" else 0)
+    limit = max_positions(model)
+    examples = [example for example in tokenize_instructions(tokenizer, rows)   # finetune leaves out
+                if limit is None or len(example["input_ids"]) <= limit]          # the longer ones
     try:
-        preflight(memory_subject(model, method), setup, available, refuse=True, flags=FINETUNE_FLAGS)
+        plan_run(model, examples, config, method=method, refuse=True, flags=FINETUNE_FLAGS)
     except WontFit as err:
+        setup = err.estimate.setup
         plan = (f"{args.method} fine-tuning, {setup.precision}, batch {setup.batch_size} x {setup.seq_len} "
-                f"tokens (the longest tokenised training example), on {device}")
+                f"tokens (the longest tokenised training example), on {training_device()}")
         if args.ignore_memory_check:
             print(f"ftcourse finetune: warning: starting {plan} despite the memory check "
                   f"(--ignore-memory-check).\n{err}", file=sys.stderr)
@@ -224,37 +215,6 @@ def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence
               "To start it anyway, pass --ignore-memory-check.", file=sys.stderr)
         return True
     return False
-
-
-def memory_subject(model, method):
-    """What the memory model counts for `method` on `model`: a twin of it on the meta device (shapes,
-    no weights) with the method applied, or for QLoRA, whose 4-bit layers need real weights, the config."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if method.name == "qlora":
-        return model.config
-    with torch.device("meta"):
-        twin = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
-    return method.apply(twin)
-
-
-def training_precision(model) -> str:
-    """The memory model's precision for a run of ftcourse.train: bf16 autocast if Accelerate is
-    asked for it, else the weights' own dtype (float16 costs what bfloat16 does)."""
-    import os
-
-    import torch
-
-    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16":
-        return "bf16-mixed"
-    return "fp32" if model.dtype == torch.float32 else "bf16"
-
-
-def training_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"   # as ftcourse.train's Accelerator picks
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -21,17 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ftcourse.chat import leave_out_too_long, pad_pairs, tokenize_pair
-from ftcourse.data.checks import require_fields
-from ftcourse.lora import adapters_disabled, lora_layers
-from ftcourse.train import (
-    TrainConfig,
-    TrainResult,
+from ftcourse.batching import (
+    batches,
+    evaluating,
+    leave_out_too_long,
     max_positions,
+    pad_pairs,
     require_within_positions,
     token_logprobs,
-    train,
 )
+from ftcourse.chat import tokenize_pair
+from ftcourse.data.checks import require_fields
+from ftcourse.lora import adapters_disabled, lora_layers
+from ftcourse.memory import plan_run
+from ftcourse.train import TrainConfig, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -96,23 +99,21 @@ def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig
     itself with adapters off, any other policy a frozen copy of itself taken now."""
     if reference is None and not lora_layers(policy):
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    return train(policy, tokenize_pairs(tokenizer, pairs, max_positions(policy)), config,
+    examples = tokenize_pairs(tokenizer, pairs, max_positions(policy))
+    plan_run(policy, examples, config, rows_per_example=2)     # a chosen and a rejected row each
+    return train(policy, examples, config,
                  loss_fn=dpo_loss_fn(reference, dpo.beta),
                  collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
                  description="dpo")
 
 
-@torch.no_grad()
 def preference_accuracy(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
     """1.0 for each pair whose chosen answer the model finds more likely than the rejected one."""
     tokenized = tokenize_pairs(tokenizer, pairs)
     require_within_positions(model, tokenized)
-    was_training = model.training
-    model.eval()
     correct = []
-    for start in range(0, len(tokenized), batch_size):
-        batch = pad_pairs(tokenized[start:start + batch_size], tokenizer.pad_token_id)
-        chosen, rejected = sequence_logprobs(model, batch).chunk(2)
-        correct += (chosen > rejected).float().tolist()
-    model.train(was_training)
+    with evaluating(model):
+        for batch in batches(model, tokenized, batch_size, partial(pad_pairs, pad_id=tokenizer.pad_token_id)):
+            chosen, rejected = sequence_logprobs(model, batch).chunk(2)
+            correct += (chosen > rejected).float().tolist()
     return np.array(correct)

@@ -9,16 +9,18 @@ rows beside it (tested: batched greedy output equals one-at-a-time output).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from ftcourse.batching import batches, evaluating, model_device
 from ftcourse.chat import prompt_ids
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), each (B, T), with padding on the left."""
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask`, each (B, T), with padding on the left."""
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -26,10 +28,9 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
         if len(seq):
             input_ids[row, length - len(seq):] = torch.as_tensor(seq)
             attention_mask[row, length - len(seq):] = 1
-    return input_ids, attention_mask
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-@torch.no_grad()
 def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[list[int]]:
@@ -55,22 +56,21 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
                          "with another tokenizer. Encode them with this model's tokenizer.")
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else \
         {"do_sample": False}
-    device = next(model.parameters()).device
+    device = model_device(model)
+    collate = partial(left_pad, pad_id=tokenizer.pad_token_id)
     completions: list[list[int]] = []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        input_ids, attention_mask = left_pad(prompts[start:start + batch_size], tokenizer.pad_token_id)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed + start)  # seeds the CPU and CUDA generators
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=tokenizer.eos_token_id, top_k=None, **sampling)
-        for row in output[:, input_ids.shape[1]:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[:row.index(tokenizer.eos_token_id) + 1]
-            completions.append(row)
-    model.train(was_training)
+    with evaluating(model):
+        starts = range(0, len(prompts), batch_size)
+        for start, batch in zip(starts, batches(model, prompts, batch_size, collate)):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed + start)  # seeds the CPU and CUDA generators
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, top_k=None,
+                                        pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id, **sampling)
+            for row in output[:, batch["input_ids"].shape[1]:].tolist():
+                if tokenizer.eos_token_id in row:
+                    row = row[:row.index(tokenizer.eos_token_id) + 1]
+                completions.append(row)
     return completions
 
 

@@ -123,19 +123,6 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
 
 
-def count_lora_parameters(model_config: Any, config: LoRA) -> int:
-    """Trainable parameters of `config` on a Llama-family model, from its config alone:
-    r * (d_in + d_out) for each adapted linear layer of each transformer layer."""
-    from ftcourse.params import config_value, linear_shapes
-
-    shapes = linear_shapes(model_config)
-    if isinstance(config.targets, str) and config.targets != "all-linear":
-        raise ValueError("count_lora_parameters takes module names or 'all-linear'; for a regex, apply "
-                         "the LoRA to a model and count its trainable parameters.")
-    names = list(shapes) if config.targets == "all-linear" else [n for n in shapes if n in config.targets]
-    return config_value(model_config, "num_hidden_layers") * sum(config.r * sum(shapes[n]) for n in names)
-
-
 # ---------------------------------------------------------------- surgery
 
 def apply_lora(model: nn.Module, config: LoRA) -> nn.Module:

@@ -135,3 +135,14 @@ def ffn_verdict(counts: ParameterCount) -> str:
     if embeddings >= 0.15:
         return f"does not hold: embeddings take {embeddings:.0%}"
     return "does not hold: the FFN holds less"
+
+
+def count_lora_parameters(model_config: Any, config: Any) -> int:
+    """Trainable parameters of a LoRA `config` (its `r` and `targets`) on a Llama-family model,
+    from the model's config alone: r * (d_in + d_out) for each adapted linear layer of each layer."""
+    shapes = linear_shapes(model_config)
+    if isinstance(config.targets, str) and config.targets != "all-linear":
+        raise ValueError("count_lora_parameters takes module names or 'all-linear'; for a regex, apply "
+                         "the LoRA to a model and count its trainable parameters.")
+    names = list(shapes) if config.targets == "all-linear" else [n for n in shapes if n in config.targets]
+    return config_value(model_config, "num_hidden_layers") * sum(config.r * sum(shapes[n]) for n in names)

@@ -18,9 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ftcourse.chat import messages, pad_pairs
+from ftcourse.batching import (
+    batches,
+    evaluating,
+    max_positions,
+    pad_batch,
+    pad_pairs,
+    require_within_positions,
+)
+from ftcourse.chat import messages
 from ftcourse.dpo import tokenize_pairs
-from ftcourse.train import TrainConfig, TrainResult, max_positions, require_within_positions, train
+from ftcourse.memory import plan_run
+from ftcourse.train import TrainConfig, TrainResult, train
 
 
 class RewardModel(nn.Module):
@@ -67,38 +76,34 @@ def train_reward_model(lm: nn.Module, tokenizer: Any, pairs: Any, config: TrainC
     """A reward model initialised from `lm` and trained on preference pairs."""
     model = RewardModel.from_causal_lm(lm, seed=config.seed)
     examples = tokenize_pairs(tokenizer, pairs, max_positions(lm))
+    # Counted as full fine-tuning of `lm`: an upper bound, since a score head has no vocabulary logits.
+    plan_run(lm, examples, config, rows_per_example=2)
     result = train(model, examples, config, loss_fn=reward_loss,
                    collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
                    description="reward model")
     return model, result
 
 
-@torch.no_grad()
 def reward_margins(model: RewardModel, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
     """r(chosen) - r(rejected) for each pair: positive where the model agrees with the label."""
     tokenized = tokenize_pairs(tokenizer, pairs)
     require_within_positions(model, tokenized)
-    model.eval()
     margins: list[float] = []
-    for start in range(0, len(tokenized), batch_size):
-        batch = pad_pairs(tokenized[start:start + batch_size], tokenizer.pad_token_id)
-        chosen, rejected = model(batch["input_ids"], batch["attention_mask"]).chunk(2)
-        margins += (chosen - rejected).tolist()
+    with evaluating(model):
+        for batch in batches(model, tokenized, batch_size, partial(pad_pairs, pad_id=tokenizer.pad_token_id)):
+            chosen, rejected = model(batch["input_ids"], batch["attention_mask"]).chunk(2)
+            margins += (chosen - rejected).tolist()
     return np.array(margins)
 
 
-@torch.no_grad()
 def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int,
                     batch_size: int = 64) -> Tensor:
     """The reward of each token sequence (prompt + answer), read at its last token."""
-    from ftcourse.train import pad_batch
-
-    model.eval()
-    scores = []
-    for start in range(0, len(sequences), batch_size):
-        batch = pad_batch([{"input_ids": s} for s in sequences[start:start + batch_size]], pad_id)
-        scores.append(model(batch["input_ids"], batch["attention_mask"]))
-    return torch.cat(scores)
+    examples = [{"input_ids": sequence} for sequence in sequences]
+    collate = partial(pad_batch, pad_id=pad_id)
+    with evaluating(model):
+        return torch.cat([model(batch["input_ids"], batch["attention_mask"])
+                          for batch in batches(model, examples, batch_size, collate)])
 
 
 def score_answers(model: RewardModel, tokenizer: Any, prompts: list[str], answers: list[str]) -> Tensor:

@@ -15,16 +15,18 @@ import copy
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ftcourse.batching import batches, pad_batch, token_logprobs
 from ftcourse.chat import prompt_ids
 from ftcourse.evaluate import normalize
 from ftcourse.generate import generate_ids
 from ftcourse.lora import adapters_disabled, lora_layers
-from ftcourse.train import TrainConfig, make_optimizer, pad_batch, token_logprobs
+from ftcourse.train import TrainConfig, make_optimizer
 
 # reward_fn(answers, rows, sequences) -> rewards (N,): the decoded answers, the dataset rows they
 # answer (with "response"), and the token ids of prompt + answer (for reward models).
@@ -137,7 +139,8 @@ def rollout(model: nn.Module, tokenizer: Any, rows: list[dict[str, str]], reward
     repeated = [row for row in rows for _ in range(config.group_size)]
     rewards = reward_fn(texts, repeated, [p + a for p, a in zip(prompts, answers)]).float()
     examples = [{"input_ids": p + a, "labels": [-100] * len(p) + a} for p, a in zip(prompts, answers)]
-    return pad_batch(examples, tokenizer.pad_token_id), rewards
+    batch = next(batches(model, examples, len(examples), partial(pad_batch, pad_id=tokenizer.pad_token_id)))
+    return batch, rewards.to(batch["input_ids"].device)
 
 
 @torch.no_grad()

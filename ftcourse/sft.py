@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ftcourse.chat import leave_out_too_long, pack_examples, tokenize_example
+from ftcourse.batching import leave_out_too_long, max_positions, pack_examples
+from ftcourse.chat import tokenize_example
 from ftcourse.data.checks import require_fields
+from ftcourse.memory import plan_run
 from ftcourse.methods import Method, get_method
-from ftcourse.train import TrainConfig, TrainResult, max_positions, train
+from ftcourse.train import TrainConfig, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
              method: str | Method = "full", config: TrainConfig | None = None, *,
              formatting: Formatting = Formatting(),
              eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+             memory_check: Literal["warn", "refuse", "off"] = "warn",
              progress: bool = True) -> tuple[nn.Module, TrainResult]:
     """Fine-tune `model` on instruction rows with `method`; return (model, training result).
 
@@ -55,6 +58,8 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
         method: "full", or a method config such as those in `ftcourse.methods`.
         config: the training run; default 3 epochs at lr 1e-3, batch 16.
         formatting: prompt masking, EOS and packing (see `Formatting`).
+        memory_check: before training, warn (or refuse, `memory.WontFit`) if the run is predicted
+            not to fit in memory (`ftcourse.memory.plan_run`); "off" if the caller has checked.
     """
     method = get_method(method)
     config = config or TrainConfig(epochs=3, lr=1e-3, batch_size=16)
@@ -66,6 +71,8 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
         examples = pack_examples(examples, max_len or max(len(ex["input_ids"]) for ex in examples))
     torch.manual_seed(config.seed)   # new weights (LoRA's A, a prompt) depend on the seed, not on history
     model = method.apply(model)
+    if memory_check != "off":
+        plan_run(model, examples, config, refuse=memory_check == "refuse")
     result = train(model, examples, config, eval_fn=eval_fn, progress=progress,
                    description=f"sft ({method.name})")
     return model, result

@@ -349,14 +349,14 @@ def preference_pairs_too_long(scratch):
 @bad_input("format", "packing an example longer than the row length", ValueError,
            "1 example(s) (first: 1) are longer than max_len=4", "keeps examples whole")
 def packing_too_long(scratch):
-    from ftcourse.chat import pack_examples
+    from ftcourse.batching import pack_examples
     pack_examples([{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [1] * 9, "labels": [1] * 9}], 4)
 
 
 @bad_input("format", "packing an example with no tokens", ValueError,
            "1 example(s) (first: 0) have no tokens")
 def packing_empty_example(scratch):
-    from ftcourse.chat import pack_examples
+    from ftcourse.batching import pack_examples
     pack_examples([{"input_ids": [], "labels": []}, {"input_ids": [7, 8], "labels": [7, 8]}], 4)
 
 
@@ -634,12 +634,15 @@ def checkpointed(scratch: Path) -> Path:
 
 def restore(path: Path, model=None, **changes) -> None:
     """Load checkpoint `path` as a resumed run does, into `model` (default: a fresh small model)."""
-    from ftcourse.train import TrainConfig, TrainResult, load_checkpoint, make_optimizer
+    from dataclasses import asdict
+
+    from ftcourse.checkpoints import load_checkpoint
+    from ftcourse.train import TrainConfig, make_optimizer
     config = TrainConfig(**{**RUN, **changes})
     model = model if model is not None else small_llama()
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    load_checkpoint(path, model, optimizer, scheduler, config, TrainResult())
+    load_checkpoint(path, model, optimizer, scheduler, asdict(config))
 
 
 @bad_input("checkpoint", "a truncated checkpoint file", ValueError, "is damaged",
@@ -772,7 +775,7 @@ def cli_unknown_target(scratch):
            "refused to start full fine-tuning", "peak", "To fit it:", "--method lora", "--batch-size",
            "pass --ignore-memory-check")
 def cli_run_too_big(scratch):
-    with mock.patch("ftcourse.memory.available_memory", return_value=1_000_000):   # a 1 MB machine
+    with mock.patch("ftcourse.memory.plan.available_memory", return_value=1_000_000):   # a 1 MB machine
         run_command("finetune", "--method", "full", "--no-progress")
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ftcourse.checkpoints import trainable_state
 from ftcourse.data import load_task
 from ftcourse.models import load_base
 from ftcourse.sft import finetune
-from ftcourse.train import TrainConfig, trainable_state
+from ftcourse.train import TrainConfig
 
 RUNS = [("full", "float32"), ("lora", "float32"), ("full", "float64"), ("lora", "float64")]
 STEPS = 4

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from ftcourse.checkpoints import trainable_state
 from ftcourse.data import load_task
 from ftcourse.lora import LoRA
 from ftcourse.models import load_base
 from ftcourse.sft import tokenize_instructions
-from ftcourse.train import TrainConfig, train, trainable_state
+from ftcourse.train import TrainConfig, train
 
 CONFIG = TrainConfig(max_steps=12, batch_size=4, lr=1e-2, save_every=2)
 HANG = "HANGING"

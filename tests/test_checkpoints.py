@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_train import make_data, make_model
 
-from ftcourse.train import (
-    MANIFEST,
-    TrainConfig,
-    TrainResult,
-    checkpoint_problems,
-    latest_checkpoint,
-    load_checkpoint,
-    make_optimizer,
-    train,
-)
+from ftcourse.checkpoints import MANIFEST, checkpoint_problems, latest_checkpoint, load_checkpoint
+from ftcourse.train import TrainConfig, TrainResult, make_optimizer, train
 
 SCRIPT = Path(__file__).with_name("interrupted_train.py")
 CONFIG = TrainConfig(max_steps=6, batch_size=4, lr=5e-3, weight_decay=0.1, save_every=2)
@@ -145,7 +138,7 @@ def test_load_checkpoint_names_the_damaged_file(run_dir, name, damage, message):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     with pytest.raises(ValueError, match=rf"Checkpoint .*step-0000004 is damaged: {message}.*Resume from "
                                          r"an earlier step-N folder .*, or delete this one"):
-        load_checkpoint(folder, model, optimizer, scheduler, CONFIG, TrainResult())
+        load_checkpoint(folder, model, optimizer, scheduler, asdict(CONFIG))
 
 
 class RunsCode:

@@ -104,7 +104,7 @@ def test_doctor_reports_the_hub_offline_or_online(monkeypatch):
 
 
 def test_finetune_refuses_a_run_that_cannot_fit_before_scoring_or_training(monkeypatch, capsys, base):
-    import ftcourse.memory
+    import ftcourse.memory.plan
     from ftcourse.data import load_task
     from ftcourse.memory import Setup, estimate, stored_bytes
     from ftcourse.sft import tokenize_instructions
@@ -112,7 +112,7 @@ def test_finetune_refuses_a_run_that_cannot_fit_before_scoring_or_training(monke
     def never(*args, **kwargs):
         raise AssertionError("a refused run must not score or train")
 
-    monkeypatch.setattr(ftcourse.memory, "available_memory", lambda device="cpu": 1_000_000)
+    monkeypatch.setattr(ftcourse.memory.plan, "available_memory", lambda device="cpu": 1_000_000)
     monkeypatch.setattr("ftcourse.sft.finetune", never)
     monkeypatch.setattr("ftcourse.evaluate.score_task", never)
     assert main(["finetune", "--method", "full", "--batch-size", "8", "--no-progress"]) == 2
@@ -132,18 +132,19 @@ def test_finetune_refuses_a_run_that_cannot_fit_before_scoring_or_training(monke
 def test_finetune_with_ignore_memory_check_starts_anyway(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    import ftcourse.memory
+    import ftcourse.memory.plan
 
     trained = []
 
-    def fake_finetune(model, tokenizer, data, method, config, progress):
+    def fake_finetune(model, tokenizer, data, method, config, memory_check, progress):
+        assert memory_check == "off"                  # checked once, before scoring: not again
         trained.append(method.name)
         return model, SimpleNamespace(history=[{}], final_loss=1.0, seconds=0.0)
 
     def fake_score(model, tokenizer, rows):
         return SimpleNamespace(metric="exact_match", scores=[0] * len(rows), ci="0.000 [0.000, 0.000]")
 
-    monkeypatch.setattr(ftcourse.memory, "available_memory", lambda device="cpu": 1_000_000)
+    monkeypatch.setattr(ftcourse.memory.plan, "available_memory", lambda device="cpu": 1_000_000)
     monkeypatch.setattr("ftcourse.sft.finetune", fake_finetune)
     monkeypatch.setattr("ftcourse.evaluate.score_task", fake_score)
     assert main(["finetune", "--method", "lora", "--ignore-memory-check", "--limit", "1"]) == 0

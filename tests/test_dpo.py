@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from ftcourse.chat import pad_pairs
+from ftcourse.batching import pad_pairs
 from ftcourse.data import load_task
 from ftcourse.dpo import (
     DPO,

@@ -8,7 +8,8 @@ PROMPTS = ["Where does Quadra Kapels live?", "What is 3 + 4?",
 
 
 def test_left_pad_puts_padding_on_the_left():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    padded = left_pad([[5, 6, 7], [8]], pad_id=0)
+    ids, mask = padded["input_ids"], padded["attention_mask"]
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 

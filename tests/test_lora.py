@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from ftcourse.batching import causal_lm_loss, pad_batch
 from ftcourse.lora import (
     LoRA,
     LoRALinear,
@@ -17,7 +18,6 @@ from ftcourse.lora import (
     unmerge_lora,
 )
 from ftcourse.tolerance import assert_close, loss_path, transformer_path
-from ftcourse.train import causal_lm_loss, pad_batch
 
 
 def randomize_(model, seed: int = 0):
@@ -208,8 +208,7 @@ def test_lora_loss_gradients_reach_only_the_adapters(base):
 
 
 def test_lora_parameter_count_from_config(base):
-    from ftcourse.lora import count_lora_parameters
-    from ftcourse.params import REAL_MODELS
+    from ftcourse.params import REAL_MODELS, count_lora_parameters
 
     for config in (LoRA(r=4), LoRA(r=8, targets="all-linear"), LoRA(r=2, targets=("gate_proj", "o_proj"))):
         adapted = apply_lora(copy.deepcopy(base[0]), config)

@@ -25,6 +25,7 @@ def test_measure_peak_sees_a_temporary_allocation():
 
 # ---------------------------------------------------------------- the memory model
 
+import copy  # noqa: E402
 import re  # noqa: E402
 import warnings  # noqa: E402
 
@@ -221,11 +222,35 @@ def test_lora_targets_the_config_lacks_are_a_clear_error(base):
         estimate(base[0].config, Setup(method=QLoRA(targets=("qproj", "v_proj"))))
 
 
-def test_training_loop_runs_the_preflight(monkeypatch, tiny_llama):
-    import ftcourse.memory
+@pytest.mark.parametrize("trainer", ["sft", "dpo", "reward"])
+def test_every_trainer_runs_the_preflight_before_it_trains(monkeypatch, base, trainer):
+    import ftcourse.memory.plan
+    from ftcourse.data import load_task
+    from ftcourse.dpo import train_dpo
+    from ftcourse.reward import train_reward_model
+    from ftcourse.sft import finetune
+    from ftcourse.train import TrainConfig
+
+    monkeypatch.setattr(ftcourse.memory.plan, "available_memory", lambda device: 1000)
+    model, tokenizer = copy.deepcopy(base[0]), base[1]
+    config = TrainConfig(max_steps=1, batch_size=2)
+    runs = {"sft": lambda: finetune(model, tokenizer, load_task("qa")["train"].select(range(2)), "full",
+                                    config, progress=False),
+            "dpo": lambda: train_dpo(model, tokenizer, load_task("preferences")["train"].select(range(2)),
+                                     config, progress=False),
+            "reward": lambda: train_reward_model(model, tokenizer,
+                                                 load_task("preferences")["train"].select(range(2)), config,
+                                                 progress=False)}
+    with pytest.warns(MemoryWarning, match="predicted to need"):
+        runs[trainer]()
+
+
+def test_the_training_loop_itself_trains_whatever_it_is_given(monkeypatch, tiny_llama):
+    import ftcourse.memory.plan
     from ftcourse.train import TrainConfig, train
 
-    monkeypatch.setattr(ftcourse.memory, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(ftcourse.memory.plan, "available_memory", lambda device: 1000)
     data = [{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8]}, {"input_ids": [5, 6], "labels": [5, 6]}]
-    with pytest.warns(MemoryWarning, match="predicted to need"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MemoryWarning)    # the callers plan a run; the loop does not
         train(tiny_llama, data, TrainConfig(max_steps=1, batch_size=2), progress=False)

@@ -15,22 +15,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftcourse.chat import (
-    BOS,
-    EOS,
-    ROLES,
-    pack_examples,
-    packed_attention_mask,
-    pad_pairs,
-    prompt_ids,
-    tokenize_chat,
-    tokenize_example,
-    tokenize_pair,
-)
+from ftcourse.batching import pack_examples, packed_attention_mask, pad_batch, pad_pairs
+from ftcourse.chat import BOS, EOS, ROLES, prompt_ids, tokenize_chat, tokenize_example, tokenize_pair
 from ftcourse.data import TASK_FIELDS, make_world, synthetic_rows
 from ftcourse.data.tasks import FRACTIONS, SPLITS, split_keys
 from ftcourse.sft import Formatting, tokenize_instructions
-from ftcourse.train import pad_batch
 
 # Deterministic in CI: the same examples every run, and no example database on disk.
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=60)

@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from ftcourse.chat import pad_pairs, tokenize_pair
+from ftcourse.batching import pad_pairs
+from ftcourse.chat import tokenize_pair
 from ftcourse.data import load_task
 from ftcourse.reward import (
     RewardModel,

@@ -5,11 +5,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftcourse.chat import pack_examples, tokenize_chat, tokenize_example
+from ftcourse.batching import causal_lm_loss, pack_examples, pad_batch
+from ftcourse.chat import tokenize_chat, tokenize_example
 from ftcourse.data import load_task
 from ftcourse.sft import Formatting, finetune, tokenize_instructions
 from ftcourse.tolerance import assert_close, loss_path, transformer_path
-from ftcourse.train import TrainConfig, causal_lm_loss, pad_batch
+from ftcourse.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_finetune_rejects_an_unknown_method(base, rows):
 
 
 def test_packed_attention_mask_is_block_diagonal_and_causal():
-    from ftcourse.chat import packed_attention_mask
+    from ftcourse.batching import packed_attention_mask
 
     mask = packed_attention_mask([0, 1, 2, 0, 1])
     expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],

@@ -5,16 +5,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ftcourse.batching import causal_lm_loss, pad_batch
+from ftcourse.checkpoints import latest_checkpoint
 from ftcourse.tolerance import adam_bound, assert_close, bound, loss_path, transformer_path
-from ftcourse.train import (
-    TrainConfig,
-    causal_lm_loss,
-    example_order,
-    latest_checkpoint,
-    lr_lambda,
-    pad_batch,
-    train,
-)
+from ftcourse.train import TrainConfig, example_order, lr_lambda, train
 
 VOCAB = 64
 

@@ -18,8 +18,11 @@ from functools import cache
 
 from ftcourse.data.checks import require_disjoint, require_fields
 from ftcourse.data.files import read_rows, split_rows
+from ftcourse.data.hub import HUB_TASKS, load_hub_task
 from ftcourse.data.tasks import (
+    PROMPT_FIELD,
     SPLITS,
+    TASK_FIELDS,
     arithmetic_questions,
     describe_requests,
     fact_questions,
@@ -35,21 +38,6 @@ from ftcourse.profiles import Profile, get_profile
 WORLD_SEED = 0
 NUM_PEOPLE = 128
 NUM_NEWCOMERS = 24
-
-TASK_FIELDS: dict[str, tuple[str, ...]] = {
-    "instructions": ("instruction", "response", "task"),
-    "qa": ("instruction", "response", "task"),
-    "arithmetic": ("instruction", "response", "task"),
-    "reverse": ("instruction", "response", "task"),
-    "describe": ("instruction", "response", "task"),
-    "routing": ("text", "label", "instruction", "response"),
-    "preferences": ("prompt", "chosen", "rejected", "kind"),
-    "newfacts": ("instruction", "response", "task"),
-}
-
-# The field that holds what the model is asked: no value of it may appear in two splits.
-PROMPT_FIELD = {name: "prompt" if "prompt" in fields else "instruction"
-                for name, fields in TASK_FIELDS.items()}
 
 
 @cache
@@ -84,8 +72,7 @@ def load_task(name: str, profile: str | Profile | None = None, world: World | No
 
     _check_task(name)
     profile = get_profile(profile)
-    if profile.data == "hub":
-        from ftcourse.data.hub import load_hub_task
+    if profile.data == "hub" and name in HUB_TASKS:   # the others stay synthetic on every profile
         return load_hub_task(name)
     rows = synthetic_rows(name, world)
     splits = datasets.DatasetDict({split: datasets.Dataset.from_list(rows[split]) for split in SPLITS})

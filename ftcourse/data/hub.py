@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ftcourse.data.checks import drop_duplicates, require_fields
+from ftcourse.data.tasks import PROMPT_FIELD, TASK_FIELDS
 
 MAX_ROWS = 20_000  # rows taken from a hub dataset before splitting 60/10/30
 SPLIT_SEED = 0
@@ -65,10 +66,6 @@ def load_hub_task(name: str):
     """The hub dataset for `name` as train / validation / test with our fields."""
     import datasets
 
-    from ftcourse.data import PROMPT_FIELD, TASK_FIELDS, load_task
-
-    if name not in HUB_TASKS:
-        return load_task(name, profile="tiny")
     task = HUB_TASKS[name]
     try:
         raw = datasets.load_dataset(task.repo, task.config, split="train")

@@ -16,6 +16,20 @@ from ftcourse.data.world import ATTRIBUTES, QUESTIONS, STATEMENTS, Person, World
 
 Item = TypeVar("Item")
 SPLITS = ("train", "validation", "test")
+
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "instructions": ("instruction", "response", "task"),
+    "qa": ("instruction", "response", "task"),
+    "arithmetic": ("instruction", "response", "task"),
+    "reverse": ("instruction", "response", "task"),
+    "describe": ("instruction", "response", "task"),
+    "routing": ("text", "label", "instruction", "response"),
+    "preferences": ("prompt", "chosen", "rejected", "kind"),
+    "newfacts": ("instruction", "response", "task"),
+}
+# The field that holds what the model is asked: no value of it may appear in two splits.
+PROMPT_FIELD = {name: "prompt" if "prompt" in fields else "instruction"
+                for name, fields in TASK_FIELDS.items()}
 FRACTIONS = (0.6, 0.1, 0.3)
 
 

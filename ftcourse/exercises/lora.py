@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
-from ftcourse.lora import LoRA, LoRALinear, count_lora_parameters
-from ftcourse.params import REAL_MODELS, linear_shapes
+from ftcourse.lora import LoRA, LoRALinear
+from ftcourse.params import REAL_MODELS, count_lora_parameters, linear_shapes
 
 
 def lora_forward(x: Tensor, W0: Tensor, A: Tensor, B: Tensor, alpha: float, r: int) -> Tensor:

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ftcourse.chat import packed_attention_mask, prompt_ids, tokenize_example
+from ftcourse.batching import causal_lm_loss, packed_attention_mask
+from ftcourse.chat import prompt_ids, tokenize_example
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_equal
 from ftcourse.models import EMBEDDED_MODEL
-from ftcourse.train import causal_lm_loss
 
 
 def mask_prompt_labels(input_ids: list[int], prompt_length: int) -> list[int]:

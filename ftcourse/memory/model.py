@@ -1,104 +1,26 @@
-"""Memory: what a training step holds, predicted from a config and measured by category.
+"""The memory model: the bytes per device of one training step, predicted from a config.
 
-`estimate(config_or_model, Setup(...))` predicts the bytes per device of weights, gradients,
-optimizer states and activations for any method, precision, optimizer, batch and ZeRO sharding:
-the standard accounting (16 bytes per parameter for mixed-precision Adam, ZeRO's stages) plus an
-activation model of HF Llama's backward, stated in `activation_bytes`. `measure_training_step`
-profiles a real step with torch's memory profiler; tests/test_memory.py holds the two within 15%.
-`preflight` warns before a run whose estimate exceeds the memory at hand, or refuses it (`WontFit`).
+`estimate(config_or_model, Setup(...))` predicts the weights, gradients, optimizer states and
+activations for any method, precision, optimizer, batch and ZeRO sharding: the standard
+accounting (16 bytes per parameter for mixed-precision Adam, ZeRO's stages) plus an activation
+model of HF Llama's backward, stated in `activation_bytes`. It knows what each method trains,
+so it sits above the methods (`ftcourse.lora`, `ftcourse.prompts`, `ftcourse.methods`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-import warnings
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ftcourse.params import config_value, count_parameters, linear_shapes
-
-# The order of torch.profiler's memory timeline columns (after its leading placeholder).
-CATEGORIES = ("parameters", "optimizer_state", "inputs", "temporary", "activations", "gradients",
-              "autograd_detail", "unknown")
-
-
-def measure_peak(run: Callable[[], Any], device: str = "cpu") -> dict[str, int]:
-    """Bytes by category at the moment `run()` holds the most memory on `device`, and the total."""
-    from torch.profiler import ProfilerActivity, profile
-
-    on_gpu = device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats(device)
-    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        run()
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        # Deprecated in favour of CUDA-only memory snapshots; it is torch's only per-category
-        # timeline on the CPU. tests/test_memory.py fails if it stops working.
-        warnings.simplefilter("ignore", FutureWarning)
-        path = Path(folder) / "timeline.json"
-        prof.export_memory_timeline(str(path), device=device)
-        _, sizes = json.loads(path.read_text())
-    totals = [sum(row[1:]) for row in sizes]
-    peak = max(range(len(totals)), key=totals.__getitem__)
-    measured = {name: sizes[peak][index + 1] for index, name in enumerate(CATEGORIES)}
-    measured["total"] = totals[peak]
-    if on_gpu:
-        measured["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
-    return measured
-
-
-def measure_training_step(model: nn.Module, batch: dict[str, Tensor],
-                          loss_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, ...]] | None = None,
-                          lr: float = 1e-4) -> dict[str, int]:
-    """Peak memory by category of one AdamW step on `batch`, after a warm-up step. The model's
-    weights are restored afterwards: measuring does not train it."""
-    from ftcourse.train import TrainConfig, causal_lm_loss, make_optimizer
-
-    loss_fn = loss_fn or causal_lm_loss
-    optimizer = make_optimizer(model, TrainConfig(max_steps=1, lr=lr))
-    model.train()
-
-    def step() -> None:
-        loss_sum, count, *_ = loss_fn(model, batch)
-        (loss_sum / count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    step()
-    peak = measure_peak(step, device=str(next(model.parameters()).device))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in saved:
-                p.copy_(saved[name])
-    return peak
-
-
-def stored_bytes(model: nn.Module, trainable: bool | None = None) -> int:
-    """Bytes of the model's parameters and buffers (tied weights counted once), e.g. the frozen
-    base of a PEFT model with `trainable=False`; 4-bit layers count their packed codes and scales."""
-    tensors = {id(p): p for p in model.parameters() if trainable is None or p.requires_grad == trainable}
-    if trainable is not True:
-        tensors.update({id(b): b for b in model.buffers()})
-        for p in list(tensors.values()):          # bitsandbytes keeps a 4-bit weight's scales aside
-            if (state := getattr(p, "quant_state", None)) is not None:
-                nested = [state.state2.absmax] if state.nested else []
-                tensors.update({id(t): t for t in [state.absmax, *nested]})
-                tensors.update({id(state.offset): state.offset} if state.nested else {})
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-# ---------------------------------------------------------------- the memory model
+from ftcourse.lora import lora_layers
+from ftcourse.memory.measure import stored_bytes
+from ftcourse.methods import get_method
+from ftcourse.params import config_value, count_lora_parameters, count_parameters, linear_shapes
+from ftcourse.prompts import PromptTuning, SoftPromptModel
 
 GB = 1e9   # decimal gigabytes, as the ZeRO, LoRA and QLoRA papers count
 
@@ -257,9 +179,6 @@ def estimate(model: Any, setup: Setup = Setup()) -> MemoryEstimate:
 
 def footprint_of_config(config: Any, setup: Setup) -> Footprint:
     """What `setup.method` trains on a Llama-family model, counted from its config alone."""
-    from ftcourse.lora import count_lora_parameters
-    from ftcourse.methods import get_method
-
     method = get_method(setup.method)
     get = partial(config_value, config)
     L, D = get("num_hidden_layers"), get("hidden_size")
@@ -312,9 +231,6 @@ def stored_4bit_bytes(numel: int, double_quant: bool, blocksize: int = 64, neste
 
 def footprint_of_model(model: nn.Module) -> Footprint:
     """What trains in a model with its method applied, counted from its own parameters."""
-    from ftcourse.lora import lora_layers
-    from ftcourse.prompts import PromptTuning, SoftPromptModel
-
     base = model.base_model if isinstance(model, SoftPromptModel) else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     suffix = {name: name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -390,87 +306,3 @@ def activation_bytes(config: Any, footprint: Footprint, setup: Setup) -> dict[st
                          "key/value cache off under it, and the prefix lives in that cache.")
     return {**terms, "activations": float(head), "checkpoints": float(L * a * D * B * positions),
             "recompute": float(layer)}
-
-
-# ---------------------------------------------------------------- the pre-flight
-
-def available_memory(device: str | torch.device = "cpu") -> int:
-    """Bytes free now: on a GPU what the CUDA driver reports, on the CPU the kernel's MemAvailable."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def suggestions(estimate: MemoryEstimate, flags: Mapping[str, str] | None = None) -> list[str]:
-    """What would shrink the biggest terms of an estimate, biggest first.
-
-    Args:
-        flags: the command-line flag that changes a Setup field ("method", "batch_size", "seq_len",
-            "gradient_checkpointing", "optimizer") or the LoRA rank ("lora_r"), named in its tip; a
-            field without one gets none.
-    """
-    setup, footprint, flags, tips = estimate.setup, estimate.footprint, flags or {}, []
-
-    def flag(field: str, value: str = "") -> str:   # "--method lora, " or "" where there is no flag
-        return f"{flags[field]} {value}".rstrip() + ", " if field in flags else ""
-
-    if estimate.gradients + estimate.optimizer > estimate.weights / 2:
-        if footprint.lora_r:
-            tips.append(f"a lower LoRA rank ({flag('lora_r')}now {footprint.lora_r}; gradients and "
-                        "optimizer states shrink in proportion)")
-        else:
-            tips.append(f"train fewer parameters: LoRA ({flag('method', 'lora')}the base stays frozen, "
-                        "so its gradients and optimizer states vanish)")
-    if estimate.weights > estimate.activations and not footprint.quantized:
-        tips.append(f"store the frozen base in 4 bits: QLoRA ({flag('method', 'qlora')}LoRA on NF4 weights)")
-    if estimate.activations > estimate.weights and not setup.gradient_checkpointing:
-        tips.append(f"turn on gradient checkpointing ({flag('gradient_checkpointing')}keeps one input per "
-                    "layer, rebuilds the rest)")
-    if estimate.activations + estimate.loss > estimate.weights:
-        tips.append(f"a smaller batch ({flag('batch_size')}now {setup.batch_size}) with gradient "
-                    f"accumulation, or shorter sequences ({flag('seq_len')}now {setup.seq_len} tokens)")
-    if setup.optimizer == "adamw" and estimate.optimizer > 0.1 * estimate.peak:
-        tips.append(f"8-bit AdamW ({flag('optimizer', 'adamw-8bit')}bitsandbytes; the two moments take "
-                    "1 byte each)")
-    return tips
-
-
-def format_bytes(count: float) -> str:
-    return f"{count / GB:.2f} GB" if count >= GB else f"{count / 1e6:.2f} MB"
-
-
-class WontFit(MemoryError):
-    """A run is predicted not to fit in memory: its `estimate`, the bytes `available`, and a message
-    with the breakdown and what would make it fit."""
-
-    def __init__(self, estimate: MemoryEstimate, available: int, flags: Mapping[str, str] | None = None):
-        self.estimate, self.available = estimate, available
-        tips = suggestions(estimate, flags) or ["a device with more memory"]
-        super().__init__(f"This run is predicted to need {format_bytes(estimate.peak)} per device, more "
-                         f"than the {format_bytes(available)} available.\n{estimate}\nTo fit it:\n"
-                         + "\n".join(f"  - {tip}" for tip in tips))
-
-
-class MemoryWarning(UserWarning):
-    """A run is predicted not to fit in memory."""
-
-
-def preflight(model: Any, setup: Setup, available: int | None = None, device: str | torch.device = "cpu",
-              *, refuse: bool = False, flags: Mapping[str, str] | None = None) -> MemoryEstimate:
-    """Estimate a run before it starts; when the predicted peak exceeds the memory available on
-    `device` (or `available` bytes), warn (`MemoryWarning`), or with `refuse=True` raise `WontFit`.
-    Either way the message holds the breakdown and what would help (`flags`: see `suggestions`)."""
-    result = estimate(model, setup)
-    available = available_memory(device) if available is None else available
-    if result.peak > available:
-        too_big = WontFit(result, available, flags)
-        if refuse:
-            raise too_big
-        warnings.warn(str(too_big), MemoryWarning, stacklevel=2)
-    return result
