@@ -2,7 +2,7 @@
 
 For a machine with one GPU and no network: the models are random-initialised from the public
 configs of real architectures (`ftcourse.params.REAL_MODELS`), the data are random tokens. Each
-case runs a few bf16 AdamW steps through `ftcourse.train.causal_lm_loss` and reports tokens/s,
+case runs a few bf16 AdamW steps through `ftcourse.batching.causal_lm_loss` and reports tokens/s,
 MFU against the GPU's bf16 peak, and `torch.cuda.max_memory_allocated` beside the memory
 model's prediction (`ftcourse.memory.estimate`), as JSON.
 

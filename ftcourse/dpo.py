@@ -6,7 +6,7 @@ and to lower the rejected one's; beta * (log pi - log ref) is the "implicit rewa
 its accuracy and margin. With a LoRA policy the reference is the same model with its adapters
 switched off: no second copy of the weights.
 Library twin: trl.DPOTrainer; tests/test_dpo.py compares the loss, rewards and log-probs.
-Shapes: B pairs; a batch holds 2B rows, the chosen answers first (`ftcourse.chat.pad_pairs`).
+Shapes: B pairs; a batch holds 2B rows, the chosen answers first (`ftcourse.batching.pad_pairs`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Interrupted training loses nothing, and checkpoints load safely (ftcourse/train.py, checkpoints).
+"""Interrupted training loses nothing, and checkpoints load safely (ftcourse/checkpoints.py).
 
 A run killed with SIGKILL in the middle of writing a checkpoint resumes to the very weights of an
 uninterrupted run; a checkpoint damaged later is skipped with a warning, and loading it directly

@@ -1,8 +1,8 @@
 """Exercises for supervised fine-tuning: mask the prompt, the shifted loss, the packing mask.
 
 The oracles: `ftcourse.chat.tokenize_example` (labels of a real chat, rendered with the tiny
-model's chat template), `ftcourse.train.causal_lm_loss` (the loss of every training run here,
-equal to TRL's) and `ftcourse.chat.packed_attention_mask`.
+model's chat template), `ftcourse.batching.causal_lm_loss` (the loss of every training run here,
+equal to TRL's) and `ftcourse.batching.packed_attention_mask`.
 Shapes: B batch, T positions, V vocabulary.
 """
 
