@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
@@ -30,7 +30,7 @@ class Method(Protocol):
 class Full:
     """How to fine-tune: every parameter of the model trains."""
 
-    name: str = "full"
+    name: ClassVar[str] = "full"
 
     def apply(self, model: nn.Module) -> nn.Module:
         for parameter in model.parameters():
@@ -51,7 +51,7 @@ def get_method(method: str | Method) -> Method:
     return METHODS[method]()
 
 
-def count_parameters(model: nn.Module) -> dict[str, float]:
+def count_trainable(model: nn.Module) -> dict[str, float]:
     """Trainable and total parameter counts, and the trainable share."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -159,7 +159,7 @@ def pretrain(out_dir: str | Path | None = None, config: PretrainConfig = Pretrai
         "threads": torch.get_num_threads(),
     }
     if out_dir is not None:
-        save_checkpoint(Path(out_dir), model, tokenizer, summary, result.history)
+        save_base_model(Path(out_dir), model, tokenizer, summary, result.history)
     return PretrainRun(model, tokenizer, result, summary)
 
 
@@ -170,7 +170,7 @@ def recorded_history(model_dir: str | Path | None = None) -> dict[str, Any]:
     return json.loads((Path(model_dir or EMBEDDED_MODEL) / "pretrain_history.json").read_text())
 
 
-def save_checkpoint(out_dir: Path, model: Any, tokenizer: Any, summary: dict[str, Any],
+def save_base_model(out_dir: Path, model: Any, tokenizer: Any, summary: dict[str, Any],
                     history: list[dict[str, float]]) -> None:
     """Model (safetensors) + config + tokenizer + loss history + a model card, in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)

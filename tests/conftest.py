@@ -53,3 +53,38 @@ def train_steps():
         return losses
 
     return run
+
+
+COUNTING_VOCAB = 64          # the vocabulary of `make_model`, which `make_data` counts within
+
+
+@pytest.fixture
+def make_model():
+    """A function: a fresh 2-layer Llama (vocabulary 64), seeded, for the training-loop tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(seed: int = 0) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        config = LlamaConfig(vocab_size=COUNTING_VOCAB, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        return LlamaForCausalLM(config)
+
+    return make
+
+
+@pytest.fixture
+def make_data():
+    """A function: `count` sequences of varied length following a learnable rule (each token is the
+    previous + 1), labelled from the second token."""
+    def make(count: int = 24, seed: int = 0) -> list[dict[str, list[int]]]:
+        generator = torch.Generator().manual_seed(seed)
+        data = []
+        for _ in range(count):
+            length = int(torch.randint(5, 12, (1,), generator=generator))
+            start = int(torch.randint(3, COUNTING_VOCAB - 12, (1,), generator=generator))
+            ids = list(range(start, start + length))
+            data.append({"input_ids": ids, "labels": [-100, *ids[1:]]})
+        return data
+
+    return make

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ftcourse.adapters import IA3, AdapterLinear, BottleneckAdapter, IA3Linear, to_peft_ia3_state
-from ftcourse.methods import count_parameters
+from ftcourse.methods import count_trainable
 from ftcourse.tolerance import assert_close, transformer_path
 
 
@@ -26,7 +26,7 @@ def test_ia3_logits_equal_peft(base):
     with torch.no_grad():
         assert_close(ours(ids).logits, theirs(input_ids=ids).logits, n=transformer_path(model.config, 10))
     trainable_in_peft = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
-    assert count_parameters(ours)["trainable"] == trainable_in_peft
+    assert count_trainable(ours)["trainable"] == trainable_in_peft
 
 
 def test_bottleneck_adapter_starts_as_identity_and_counts_as_houlsby(base):
@@ -38,7 +38,7 @@ def test_bottleneck_adapter_starts_as_identity_and_counts_as_houlsby(base):
         assert torch.equal(adapted(ids).logits, model(ids).logits)
     d, r, layers = model.config.hidden_size, model.config.hidden_size // 16, model.config.num_hidden_layers
     # Two adapters per layer, each 2 d r weights + r + d biases (the LoRA paper's |Theta| formula).
-    assert count_parameters(adapted)["trainable"] == layers * 2 * (2 * d * r + r + d)
+    assert count_trainable(adapted)["trainable"] == layers * 2 * (2 * d * r + r + d)
     assert sum(isinstance(m, AdapterLinear) for m in adapted.modules()) == 2 * layers
 
 

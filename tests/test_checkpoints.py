@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_train import make_data, make_model
 
 from ftcourse.checkpoints import MANIFEST, checkpoint_problems, latest_checkpoint, load_checkpoint
 from ftcourse.train import TrainConfig, TrainResult, make_optimizer, train
@@ -89,14 +88,15 @@ def test_run_killed_while_saving_resumes_to_the_same_weights(tmp_path):
 
 
 @pytest.fixture
-def run_dir(tmp_path) -> tuple[Path, torch.nn.Module, TrainResult]:
+def run_dir(tmp_path, make_model, make_data) -> tuple[Path, torch.nn.Module, TrainResult]:
     """A finished CONFIG run: its checkpoint folder (steps 2, 4, 6), trained model and result."""
     model = make_model()
     result = train(model, make_data(), CONFIG, checkpoint_dir=tmp_path, progress=False)
     return tmp_path, model, result
 
 
-def test_truncated_latest_checkpoint_is_skipped_and_the_run_still_ends_the_same(run_dir):
+def test_truncated_latest_checkpoint_is_skipped_and_the_run_still_ends_the_same(run_dir, make_model,
+                                                                                 make_data):
     directory, uninterrupted, full = run_dir
     weights = directory / "step-0000006" / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])       # as if the disk filled up mid-write
@@ -122,7 +122,7 @@ def test_truncated_latest_checkpoint_is_skipped_and_the_run_still_ends_the_same(
     pytest.param("state.json", "flip a byte", "state.json is corrupt: sha256 hash mismatch", id="corrupt"),
     pytest.param(MANIFEST, "delete", "manifest.json is missing", id="no-manifest"),
 ])
-def test_load_checkpoint_names_the_damaged_file(run_dir, name, damage, message):
+def test_load_checkpoint_names_the_damaged_file(run_dir, name, damage, message, make_model):
     directory, _, _ = run_dir
     folder = directory / "step-0000004"
     data = bytearray((folder / name).read_bytes())
@@ -151,7 +151,7 @@ class RunsCode:
         return exec, (self.source,)
 
 
-def test_pickled_code_in_optimizer_state_is_refused_and_never_runs(run_dir):
+def test_pickled_code_in_optimizer_state_is_refused_and_never_runs(run_dir, make_model, make_data):
     directory, _, _ = run_dir
     folder = directory / "step-0000006"
     marker = directory / "payload-ran"

@@ -3,45 +3,22 @@ import shutil
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ftcourse.batching import causal_lm_loss, pad_batch
 from ftcourse.checkpoints import latest_checkpoint
 from ftcourse.tolerance import adam_bound, assert_close, bound, loss_path, transformer_path
 from ftcourse.train import TrainConfig, example_order, lr_lambda, train
 
-VOCAB = 64
 
-
-def make_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config)
-
-
-def make_data(count: int = 24, seed: int = 0) -> list[dict[str, list[int]]]:
-    """Sequences of varied length that follow a learnable rule: each token is the previous + 1."""
-    generator = torch.Generator().manual_seed(seed)
-    data = []
-    for _ in range(count):
-        length = int(torch.randint(5, 12, (1,), generator=generator))
-        start = int(torch.randint(3, VOCAB - 12, (1,), generator=generator))
-        ids = list(range(start, start + length))
-        data.append({"input_ids": ids, "labels": [-100, *ids[1:]]})
-    return data
-
-
-def test_loss_falls():
+def test_loss_falls(make_model, make_data):
     model, data = make_model(), make_data()
     result = train(model, data, TrainConfig(max_steps=40, batch_size=8, lr=1e-2), progress=False)
     first, last = result.history[0]["loss"], result.final_loss
-    assert first > math.log(VOCAB) - 0.5          # starts near chance
+    assert first > math.log(model.config.vocab_size) - 0.5          # starts near chance
     assert last < 0.5 * first, (first, last)
 
 
-def test_only_trainable_parameters_change():
+def test_only_trainable_parameters_change(make_model, make_data):
     model, data = make_model(), make_data()
     for name, p in model.named_parameters():
         p.requires_grad_("mlp" in name)
@@ -53,7 +30,7 @@ def test_only_trainable_parameters_change():
     assert all(not torch.equal(params[n], p) for n, p in trained_before.items())
 
 
-def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, make_model, make_data):
     config = TrainConfig(max_steps=8, batch_size=4, lr=5e-3, weight_decay=0.1, save_every=4)
     data = make_data()
     uninterrupted = make_model()
@@ -74,7 +51,7 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))      # written atomically: no leftovers
 
 
-def test_resume_with_another_config_is_refused(tmp_path):
+def test_resume_with_another_config_is_refused(tmp_path, make_model, make_data):
     data = make_data()
     train(make_model(), data, TrainConfig(max_steps=2, batch_size=4), checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"different TrainConfig.*'lr': \(0.001, 0.01\)"):
@@ -83,7 +60,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 @pytest.mark.equivalence
-def test_gradient_accumulation_matches_one_big_batch():
+def test_gradient_accumulation_matches_one_big_batch(make_model, make_data):
     # Same examples per step, summed in two micro-batches instead of one: rounding only. AdamW
     # divides by sqrt(v), which turns a rounding in a near-zero gradient entry into a visible step
     # (`adam_bound`), so the runs are in float64, where that stays far below a real step (lr).
@@ -101,7 +78,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 
 @pytest.mark.equivalence
-def test_loss_is_the_token_mean_over_the_batch():
+def test_loss_is_the_token_mean_over_the_batch(make_model, make_data):
     model, data = make_model(), make_data(4)
     batch = pad_batch(data, pad_id=0)
     loss_sum, count = causal_lm_loss(model, batch)
@@ -148,7 +125,7 @@ def test_train_config_rejects_bad_values(kwargs, message):
         TrainConfig(**kwargs)
 
 
-def test_train_rejects_frozen_models_empty_data_and_all_masked_labels():
+def test_train_rejects_frozen_models_empty_data_and_all_masked_labels(make_model, make_data):
     model = make_model()
     with pytest.raises(ValueError, match="no examples"):
         train(model, [], TrainConfig(max_steps=1), progress=False)

@@ -1,7 +1,7 @@
 """Exercises for the quickstart: score answers by exact match, count what a method trains.
 
 The oracles are the package's own `ftcourse.evaluate.exact_match` (the metric every chapter
-reports) and `ftcourse.methods.count_parameters` (the table `load_base` is shown with).
+reports) and `ftcourse.methods.count_trainable` (the table `load_base` is shown with).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from ftcourse.evaluate import exact_match
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_equal, expect_number
-from ftcourse.methods import count_parameters
+from ftcourse.methods import count_trainable
 
 
 def is_exact_match(prediction: str, reference: str) -> bool:
@@ -95,9 +95,9 @@ def _models() -> dict[str, nn.Module]:
           task="Return (trainable, total): how many numbers in the model's parameters train "
                "(requires_grad) and how many there are, each shared tensor counted once.")
 def check_parameter_counts(answer: Callable[[nn.Module], tuple[int, int]]) -> None:
-    """Compare with `count_parameters` on models with frozen, tied and buffered parts."""
+    """Compare with `count_trainable` on models with frozen, tied and buffered parts."""
     for description, model in _models().items():
-        counts = count_parameters(model)
+        counts = count_trainable(model)
         parameters = list(model.parameters())
         got = answer(model)
         what = f"parameter_counts on {description}"
