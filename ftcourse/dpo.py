@@ -51,6 +51,7 @@ class DPO:
 def sequence_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """log p(answer | prompt) per row: the log-probs of the labelled tokens, summed. (2B,)"""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # log p(y | x) = sum_t log p(y_t | x, y_<t): the prompt's labels are -100, so only y counts.
     return token_logprobs(logits, batch["labels"]).sum(-1)
 
 
@@ -61,16 +62,19 @@ def dpo_loss(pi_chosen: Tensor, pi_rejected: Tensor, ref_chosen: Tensor, ref_rej
     Args:
         pi_chosen: summed log-probs of the chosen answers under the policy, shape (B,).
     """
+    # The implicit reward r(x, y) = beta log(pi(y|x) / ref(y|x)) (the paper's eq. 5, up to a
+    # term in x alone, which cancels in the difference below).
     chosen_rewards = beta * (pi_chosen - ref_chosen)
     rejected_rewards = beta * (pi_rejected - ref_rejected)
+    # Bradley-Terry on the implicit rewards: -log sigmoid(r_c - r_r), eq. 7.
     return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
 
 
 def dpo_loss_fn(reference: nn.Module | None, beta: float):
     """A loss for the training loop; reference None means "the policy with its adapters off"."""
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)
-        with torch.no_grad():
+        pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)   # rows: chosen, then rejected
+        with torch.no_grad():                       # the reference is fixed: no gradient flows into it
             if reference is None:
                 with adapters_disabled(model):
                     ref_chosen, ref_rejected = sequence_logprobs(model, batch).chunk(2)
@@ -78,10 +82,10 @@ def dpo_loss_fn(reference: nn.Module | None, beta: float):
                 ref_chosen, ref_rejected = sequence_logprobs(reference, batch).chunk(2)
         losses, chosen_rewards, rejected_rewards = dpo_loss(pi_chosen, pi_rejected, ref_chosen,
                                                             ref_rejected, beta)
-        margins = (chosen_rewards - rejected_rewards).detach()
+        margins = (chosen_rewards - rejected_rewards).detach()   # > 0: the pair is ranked right
         metrics = {"reward_accuracy": (margins > 0).float().sum(), "reward_margin": margins.sum(),
                    "chosen_reward": chosen_rewards.detach().sum()}
-        return losses.sum(), torch.tensor(float(len(losses))), metrics
+        return losses.sum(), torch.tensor(float(len(losses))), metrics   # the loop averages over pairs
     return loss_fn
 
 

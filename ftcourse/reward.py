@@ -44,29 +44,33 @@ class RewardModel(nn.Module):
     @classmethod
     def from_causal_lm(cls, lm: nn.Module, seed: int = 0) -> RewardModel:
         """A reward model that starts from a copy of `lm`'s body and a small random head."""
-        reward_model = cls(copy.deepcopy(lm.model), lm.config)
+        reward_model = cls(copy.deepcopy(lm.model), lm.config)    # the LM head is dropped, not reused
         generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
+        with torch.no_grad():   # small, so early rewards are near 0 and the loss starts near log 2
             reward_model.score.weight.normal_(0.0, lm.config.initializer_range, generator=generator)
         return reward_model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Rewards (B,) for right-padded rows (B, T): the head applied at each row's last token."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = attention_mask.sum(-1) - 1                       # index of the last real token
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+        # Causal attention: only the last token has read the whole answer (its EOS), so the reward
+        # is read there; right padding puts it at index (real tokens - 1).
+        last = attention_mask.sum(-1) - 1
         return self.score(hidden[torch.arange(len(hidden)), last]).squeeze(-1)
 
 
 def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | float = 0.0) -> Tensor:
     """Per-pair loss -log sigmoid(r_c - r_r - margin), shape (B,)."""
+    # sigmoid(r_c - r_r) is the modelled P(chosen preferred); its negative log is the loss. Only
+    # the difference counts: adding a constant to every reward changes nothing.
     return -F.logsigmoid(chosen - rejected - margin)
 
 
 def reward_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """The training loop's loss for pair batches, with pairwise accuracy and margin logged."""
-    chosen, rejected = model(batch["input_ids"], batch["attention_mask"]).chunk(2)
+    chosen, rejected = model(batch["input_ids"], batch["attention_mask"]).chunk(2)   # rows: chosen first
     losses = bradley_terry_loss(chosen, rejected)
-    margins = (chosen - rejected).detach()
+    margins = (chosen - rejected).detach()              # > 0 where the pair is ranked as labelled
     return losses.sum(), torch.tensor(float(len(losses))), {
         "accuracy": (margins > 0).float().sum(), "margin": margins.sum()}
 

@@ -6,7 +6,8 @@ relative to its group, A = (r - mean_group) / (std_group + eps): no value networ
 Per answer token, with ratio = pi(token) / pi_old(token) (pi_old: the policy that sampled),
     loss = -min(ratio * A, clip(ratio, 1 - eps_clip, 1 + eps_clip) * A) + beta * KL(pi || ref),
 with the k3 estimator KL = exp(ref - logp) - (ref - logp) - 1, averaged over each answer's
-tokens and then over answers (the "grpo" aggregation of TRL's GRPOTrainer, our library twin).
+tokens and then over answers (the "grpo" loss aggregation TRL's GRPOTrainer documents). No test
+compares this loop with GRPOTrainer yet, so TRL is the reference for the formula, not a proven twin.
 """
 
 from __future__ import annotations
