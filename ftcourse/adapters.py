@@ -33,7 +33,7 @@ class BottleneckAdapter:
             raise ValueError(f"BottleneckAdapter.reduction_factor must be a positive int, "
                              f"got {self.reduction_factor!r}.")
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> nn.Module:
         names = match_modules(model, self.targets)
         freeze(model)
         return replace_modules(model, names, lambda base: AdapterLinear(base, self.reduction_factor))
@@ -72,7 +72,7 @@ class IA3:
             raise ValueError(f"IA3.feedforward names {sorted(unknown)}, which are not in targets "
                              f"{self.targets}.")
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> nn.Module:
         names = match_modules(model, self.targets)
         freeze(model)
         for name in names:
@@ -103,11 +103,31 @@ class IA3Linear(nn.Module):
         return self.base_layer(x) * self.ia3_l.to(x.dtype)
 
 
-def to_peft_ia3_state(model: nn.Module) -> dict[str, Tensor]:
-    """Our IA3 vectors under peft's names and shapes: (out, 1) for outputs, (1, in) for inputs."""
-    return {f"base_model.model.{name}.ia3_l.default": (layer.ia3_l[None, :] if layer.feedforward
-                                                       else layer.ia3_l[:, None]).detach()
-            for name, layer in model.named_modules() if isinstance(layer, IA3Linear)}
+PEFT_PREFIX = "base_model.model."
 
 
-__all__ = ["IA3", "AdapterLinear", "BottleneckAdapter", "IA3Linear", "to_peft_ia3_state"]
+def to_peft_state(model: nn.Module) -> dict[str, Tensor]:
+    """Every weight of our IA3 model under the name and shape peft's model gives it (its vectors
+    (out, 1) for outputs, (1, in) for the FFN's input): `peft_model.load_state_dict(
+    to_peft_state(ours), strict=True)` loads them all."""
+    feedforward = {name for name, layer in model.named_modules() if isinstance(layer, IA3Linear)
+                   and layer.feedforward}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(".ia3_l"):
+            layer = name.removesuffix(".ia3_l")
+            tensor = tensor[None, :] if layer in feedforward else tensor[:, None]
+            name += ".default"
+        state[PEFT_PREFIX + name] = tensor
+    return state
+
+
+def from_peft_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A peft IA3 model's state under our names and shapes: `ours.load_state_dict(from_peft_state(
+    peft_model.state_dict()), strict=True)`."""
+    return {name.removeprefix(PEFT_PREFIX).removesuffix(".default"):
+            tensor.reshape(-1) if name.endswith(".ia3_l.default") else tensor
+            for name, tensor in state.items()}
+
+
+__all__ = ["IA3", "AdapterLinear", "BottleneckAdapter", "IA3Linear", "from_peft_state", "to_peft_state"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import GenerationMixin
 
 from ftcourse.batching import batches, evaluating, model_device
 from ftcourse.chat import prompt_ids
@@ -42,12 +43,14 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is not None and (too_long := [i for i, ids in enumerate(prompts)
-                                           if len(ids) + max_new_tokens > limit]):
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    virtual = getattr(model, "num_virtual_tokens", 0)      # a soft prompt takes positions of its own
+    if positions is not None and (too_long := [i for i, ids in enumerate(prompts)
+                                               if virtual + len(ids) + max_new_tokens > positions]):
         raise ValueError(f"{len(too_long)} prompt(s) (first: index {too_long[0]}) plus "
-                         f"max_new_tokens={max_new_tokens} exceed the model's {limit} positions; "
-                         "shorten the prompts or lower max_new_tokens.")
+                         f"max_new_tokens={max_new_tokens} exceed the model's {positions} positions"
+                         + (f" (less its {virtual} virtual tokens)" if virtual else "")
+                         + "; shorten the prompts or lower max_new_tokens.")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and (outside := [(i, t) for i, ids in enumerate(prompts) for t in ids
                                           if not 0 <= t < vocab]):
@@ -64,14 +67,49 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
         for start, batch in zip(starts, batches(model, prompts, batch_size, collate)):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + start)  # seeds the CPU and CUDA generators
-                output = model.generate(**batch, max_new_tokens=max_new_tokens, top_k=None,
-                                        pad_token_id=tokenizer.pad_token_id,
-                                        eos_token_id=tokenizer.eos_token_id, **sampling)
+                decode = model.generate if isinstance(model, GenerationMixin) else partial(decode_loop, model)
+                output = decode(**batch, max_new_tokens=max_new_tokens, top_k=None,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                **sampling)
             for row in output[:, batch["input_ids"].shape[1]:].tolist():
                 if tokenizer.eos_token_id in row:
                     row = row[:row.index(tokenizer.eos_token_id) + 1]
                 completions.append(row)
     return completions
+
+
+def decode_loop(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                max_new_tokens: int, eos_token_id: int, pad_token_id: int, do_sample: bool = False,
+                temperature: float = 1.0, top_p: float = 1.0, **_: Any) -> torch.Tensor:
+    """Prompt plus up to `max_new_tokens` new tokens (B, T + new), as `model.generate` returns, for
+    a model without transformers' `generate` (a soft-prompt wrapper).
+
+    A plain loop over full forward passes, with no KV cache: whatever the model adds to its input
+    (a soft prompt) takes part in every step exactly as in training. Finished rows get padding.
+    """
+    mask = attention_mask
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        logits = model(input_ids, mask).logits[:, -1].float()            # the next token's (B, V)
+        next_token = torch.where(done, pad_token_id, pick(logits, do_sample, temperature, top_p))
+        input_ids = torch.cat([input_ids, next_token[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        done |= next_token == eos_token_id
+        if done.all():
+            break
+    return input_ids
+
+
+def pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
+    """The next token per row (B,): the argmax, or a sample from the smallest set of tokens whose
+    probability reaches `top_p` (nucleus sampling), at `temperature`."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p      # beyond the nucleus
+    sorted_probs = sorted_probs.masked_fill(outside, 0)
+    return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
 
 
 def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, chat: bool = True,

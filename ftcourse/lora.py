@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class LoRA:
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> nn.Module:
         return apply_lora(model, self)
 
     def to_peft(self) -> Any:
@@ -168,6 +169,22 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 # ---------------------------------------------------------------- saving and loading (peft's format)
 
+def to_peft_state(model: nn.Module) -> dict[str, Tensor]:
+    """Every weight of our LoRA model under the name peft's model for the same config
+    (`get_peft_model(base, config.to_peft())`, adapter "default") gives it:
+    `peft_model.load_state_dict(to_peft_state(ours), strict=True)` loads them all. (A QLoRA model's
+    4-bit layers store other buffers than bitsandbytes': move its adapters with `lora_state_dict`.)"""
+    return {PEFT_PREFIX + re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", name): tensor
+            for name, tensor in model.state_dict().items()}
+
+
+def from_peft_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A peft LoRA model's state under our names: `ours.load_state_dict(from_peft_state(
+    peft_model.state_dict()), strict=True)`."""
+    return {re.sub(r"\.(lora_[AB])\.default\.weight$", r".\1.weight", name).removeprefix(PEFT_PREFIX): tensor
+            for name, tensor in state.items()}
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter weights under peft's saved names: base_model.model.<module>.lora_A.weight."""
     return {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(layer, part).weight.detach().contiguous()
@@ -271,6 +288,6 @@ def _model_name(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-__all__ = ["LoRA", "LoRALinear", "adapters_disabled", "apply_lora", "load_adapter", "lora_layers",
-           "lora_state_dict", "merge_lora", "read_adapter_config", "read_adapter_weights", "save_adapter",
-           "unmerge_lora"]
+__all__ = ["LoRA", "LoRALinear", "adapters_disabled", "apply_lora", "from_peft_state", "load_adapter",
+           "lora_layers", "lora_state_dict", "merge_lora", "read_adapter_config", "read_adapter_weights",
+           "save_adapter", "to_peft_state", "unmerge_lora"]

@@ -21,9 +21,12 @@ from ftcourse.qlora import QLoRA
 
 
 class Method(Protocol):
+    """A fine-tuning method: `apply` decides what trains (the tokenizer serves methods that start
+    from a text, such as prompt tuning's init_text; the others ignore it)."""
+
     name: str
 
-    def apply(self, model: nn.Module) -> nn.Module: ...
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> nn.Module: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Full:
 
     name: ClassVar[str] = "full"
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> nn.Module:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model

@@ -41,8 +41,8 @@ class PromptTuning:
     def __post_init__(self) -> None:
         _check_num_virtual_tokens(self.num_virtual_tokens, "PromptTuning")
 
-    def apply(self, model: nn.Module) -> SoftPromptModel:
-        return SoftPromptModel(model, self)
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> PromptTuningModel:
+        return PromptTuningModel(model, self, _init_ids(self, model, tokenizer))
 
     def to_peft(self, tokenizer_name_or_path: str | None = None) -> Any:
         import peft
@@ -70,8 +70,8 @@ class PrefixTuning:
             raise ValueError(f"PrefixTuning.projection_dim must be None or >= 1, "
                              f"got {self.projection_dim!r}.")
 
-    def apply(self, model: nn.Module) -> SoftPromptModel:
-        return SoftPromptModel(model, self)
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> PrefixTuningModel:
+        return PrefixTuningModel(model, self, _init_ids(self, model, tokenizer))
 
     def to_peft(self) -> Any:
         import peft
@@ -89,53 +89,94 @@ def kv_shape(model_config: Any) -> tuple[int, int, int]:
     return model_config.num_hidden_layers, getattr(model_config, "num_key_value_heads", heads), head_dim
 
 
-class SoftPromptModel(nn.Module):
-    """A frozen causal LM behind N learned virtual tokens (prompt tuning) or prefixes (prefix tuning)."""
+def text_ids(tokenizer: Any, text: str, n: int) -> Tensor:
+    """peft's TEXT init: the tokens of `text` (BOS included), cut or tiled to `n`."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) > n:
+        warnings.warn(f"init_text has {len(ids)} tokens but there are {n} virtual tokens; "
+                      f"using its first {n}.", stacklevel=4)
+    return torch.tensor((ids * math.ceil(n / len(ids)))[:n])
 
-    def __init__(self, model: nn.Module, config: PromptTuning | PrefixTuning):
-        super().__init__()
-        self.base_model, self.method, self.config = freeze(model), config, model.config
-        self.num_virtual_tokens = n = config.num_virtual_tokens
-        if n >= self.config.max_position_embeddings:
-            raise ValueError(f"{n} virtual tokens do not fit the model's "
-                             f"{self.config.max_position_embeddings} positions; use fewer.")
-        if isinstance(config, PromptTuning):
-            embeddings = model.get_input_embeddings()
-            self.prompt_embeddings = nn.Embedding(n, embeddings.embedding_dim)   # N(0, 1), as peft
-            if config.init_text:
-                self.prompt_embeddings.weight.data.copy_(self._text_rows(config.init_text, embeddings))
-        else:
-            L, H, D = kv_shape(self.config)
-            width = config.projection_dim
-            self.prompt_embeddings = nn.Embedding(n, H * D if width else L * 2 * H * D)
-            self.prefix_mlp = None if not width else nn.Sequential(
-                nn.Linear(H * D, width), nn.Tanh(), nn.Linear(width, L * 2 * H * D))
-            if config.init_text:
-                self.prompt_embeddings.weight.data.copy_(self._text_keys_values(config.init_text))
 
-    def _text_ids(self, text: str) -> Tensor:
-        # peft's TEXT init: the tokens of `text` (BOS included), cut or tiled to N.
+def _init_ids(config: PromptTuning | PrefixTuning, model: nn.Module, tokenizer: Any) -> Tensor | None:
+    # The token ids of config.init_text; without a tokenizer, the model's own, as peft loads it.
+    if not config.init_text:
+        return None
+    if tokenizer is None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
-        ids = tokenizer(text)["input_ids"]
-        n = self.num_virtual_tokens
-        if len(ids) > n:
-            warnings.warn(f"init_text has {len(ids)} tokens but there are {n} virtual tokens; "
-                          f"using its first {n}.", stacklevel=4)
-        return torch.tensor((ids * math.ceil(n / len(ids)))[:n])
+        tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    return text_ids(tokenizer, config.init_text, config.num_virtual_tokens)
 
-    def _text_rows(self, text: str, embeddings: nn.Embedding) -> Tensor:
-        return embeddings.weight[self._text_ids(text)].detach().float()
+
+class SoftPromptModel(nn.Module):
+    """A frozen causal LM behind N learned virtual tokens: what prompt and prefix tuning share."""
+
+    def __init__(self, model: nn.Module, method: PromptTuning | PrefixTuning):
+        super().__init__()
+        self.base_model, self.method, self.config = freeze(model), method, model.config
+        self.num_virtual_tokens = method.num_virtual_tokens
+        if self.num_virtual_tokens >= self.config.max_position_embeddings:
+            raise ValueError(f"{self.num_virtual_tokens} virtual tokens do not fit the model's "
+                             f"{self.config.max_position_embeddings} positions; use fewer.")
+
+    def extended_mask(self, input_ids: Tensor, attention_mask: Tensor | None,
+                      kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The mask (B, N + T) with the virtual tokens in front, and its positions, which skip
+        left padding as generate() does; packed rows (position_ids) are refused."""
+        if kwargs.pop("position_ids", None) is not None:
+            raise ValueError("Soft prompts do not support packed rows (position_ids): train with "
+                             "Formatting(pack=False).")
+        kwargs.pop("use_cache", None)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = torch.cat([mask.new_ones(input_ids.shape[0], self.num_virtual_tokens), mask], dim=1)
+        return mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+class PromptTuningModel(SoftPromptModel):
+    """Prompt tuning: N learned input embeddings in front of every sequence's own."""
+
+    def __init__(self, model: nn.Module, method: PromptTuning, init_ids: Tensor | None = None):
+        super().__init__(model, method)
+        embeddings = model.get_input_embeddings()
+        self.prompt_embeddings = nn.Embedding(self.num_virtual_tokens, embeddings.embedding_dim)  # N(0, 1)
+        if init_ids is not None:     # the text's own embeddings (peft's TEXT init)
+            self.prompt_embeddings.weight.data.copy_(embeddings.weight[init_ids].detach().float())
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Any:
+        """The base model's output on [virtual tokens; input_ids], logits for input_ids only (B, T, V)."""
+        mask, positions = self.extended_mask(input_ids, attention_mask, kwargs)
+        embeds = self.base_model.get_input_embeddings()(input_ids)                       # (B, T, d)
+        prompt = self.prompt_embeddings.weight.to(embeds.dtype).expand(len(input_ids), -1, -1)  # (B, N, d)
+        output = self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
+                                 position_ids=positions, use_cache=False, **kwargs)
+        output.logits = output.logits[:, self.num_virtual_tokens:]      # the real tokens' logits
+        return output
+
+
+class PrefixTuningModel(SoftPromptModel):
+    """Prefix tuning: N learned keys and values in every layer, handed over as a filled KV cache."""
+
+    def __init__(self, model: nn.Module, method: PrefixTuning, init_ids: Tensor | None = None):
+        super().__init__(model, method)
+        L, H, D = kv_shape(self.config)
+        width = method.projection_dim
+        # Without an MLP the rows are the prefix itself, (N, L * 2 * H * D); with one (Li & Liang's
+        # reparametrisation) they are one key/value-sized vector per token that the MLP expands.
+        self.prompt_embeddings = nn.Embedding(self.num_virtual_tokens, H * D if width else L * 2 * H * D)
+        self.prefix_mlp = None if not width else nn.Sequential(
+            nn.Linear(H * D, width), nn.Tanh(), nn.Linear(width, L * 2 * H * D))
+        if init_ids is not None:
+            self.prompt_embeddings.weight.data.copy_(self._text_keys_values(init_ids))
 
     @torch.no_grad()
-    def _text_keys_values(self, text: str) -> Tensor:
+    def _text_keys_values(self, ids: Tensor) -> Tensor:
         # The keys and values the frozen model itself computes for the text (Li & Liang, section
         # 7.2: initialising with real words' activations), laid out as the prefix: (N, L*2*H*D).
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        self.base_model(self._text_ids(text)[None], cache=cache, use_cache=True)
+        self.base_model(ids[None], cache=cache, use_cache=True)
         layers = [(cache.layers[i].keys[0], cache.layers[i].values[0]) for i in range(len(cache.layers))]
         rows = torch.stack([t.transpose(0, 1) for pair in layers for t in pair], dim=1)   # (N, 2L, H, D)
         return rows.reshape(self.num_virtual_tokens, -1).float()
@@ -153,69 +194,16 @@ class SoftPromptModel(nn.Module):
         return DynamicCache([(kv[0], kv[1]) for kv in per_layer])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Any:
-        """The base model's output on [virtual tokens; input_ids], logits for input_ids only (B, T, V)."""
-        if kwargs.pop("position_ids", None) is not None:
-            raise ValueError("Soft prompts do not support packed rows (position_ids): train with "
-                             "Formatting(pack=False).")
-        kwargs.pop("use_cache", None)
-        B, T = input_ids.shape
-        n = self.num_virtual_tokens
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        mask = torch.cat([mask.new_ones(B, n), mask], dim=1)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)     # skip left padding, as generate() does
-        if isinstance(self.method, PromptTuning):
-            embeds = self.base_model.get_input_embeddings()(input_ids)
-            prompt = self.prompt_embeddings.weight.to(embeds.dtype).expand(B, -1, -1)
-            output = self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
-                                     position_ids=positions, use_cache=False, **kwargs)
-            output.logits = output.logits[:, n:]
-        else:
-            if self.training and getattr(self.base_model, "is_activation_checkpointing", False):
-                raise ValueError("Prefix tuning cannot train with gradient checkpointing: transformers "
-                                 "turns the key/value cache off under it, and the prefix lives in that "
-                                 "cache. Call activation_checkpointing_disable() on the base model, or "
-                                 "use prompt tuning.")
-            output = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, n:],
-                                     cache=self.prefix_cache(B), use_cache=True, **kwargs)
-        return output
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, max_new_tokens: int = 32,
-                 eos_token_id: int | None = None, pad_token_id: int | None = None, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, **_: Any) -> Tensor:
-        """Prompt plus up to `max_new_tokens` new tokens (B, T + new), as `model.generate` returns.
-
-        A plain loop over full forward passes: the soft prompt takes part in every step exactly
-        as in training. Rows that reached EOS are continued with padding.
-        """
-        limit = self.config.max_position_embeddings
-        if self.num_virtual_tokens + input_ids.shape[1] + max_new_tokens > limit:
-            raise ValueError(f"{self.num_virtual_tokens} virtual tokens + a {input_ids.shape[1]}-token "
-                             f"prompt + {max_new_tokens} new tokens exceed the model's {limit} positions.")
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            logits = self(input_ids, mask).logits[:, -1].float()
-            next_token = _pick(logits, do_sample, temperature, top_p)
-            if pad_token_id is not None:
-                next_token = torch.where(done, pad_token_id, next_token)
-            input_ids = torch.cat([input_ids, next_token[:, None]], dim=1)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            done |= next_token == eos_token_id
-            if done.all():
-                break
-        return input_ids
-
-
-def _pick(logits: Tensor, do_sample: bool, temperature: float, top_p: float) -> Tensor:
-    # Greedy, or sampling from the smallest set of tokens whose probability reaches top_p.
-    if not do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
-    sorted_probs = sorted_probs.masked_fill(outside, 0)
-    return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
+        """The base model's output on input_ids, every layer also attending to the prefix (B, T, V)."""
+        if self.training and getattr(self.base_model, "is_activation_checkpointing", False):
+            raise ValueError("Prefix tuning cannot train with gradient checkpointing: transformers "
+                             "turns the key/value cache off under it, and the prefix lives in that "
+                             "cache. Call activation_checkpointing_disable() on the base model, or "
+                             "use prompt tuning.")
+        mask, positions = self.extended_mask(input_ids, attention_mask, kwargs)
+        return self.base_model(input_ids=input_ids, attention_mask=mask,
+                               position_ids=positions[:, self.num_virtual_tokens:],
+                               cache=self.prefix_cache(len(input_ids)), use_cache=True, **kwargs)
 
 
 # ---------------------------------------------------------------- saving (peft's format)
@@ -237,7 +225,7 @@ def save_soft_prompt(model: SoftPromptModel, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     save_file(soft_prompt_state_dict(model), directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     L, H, D = kv_shape(model.config)
-    prompt = isinstance(model.method, PromptTuning)
+    prompt = isinstance(model, PromptTuningModel)
     fields = {"peft_type": "PROMPT_TUNING" if prompt else "PREFIX_TUNING", "task_type": "CAUSAL_LM",
               "num_virtual_tokens": model.num_virtual_tokens, "num_transformer_submodules": 1,
               "num_layers": L, "inference_mode": True,
@@ -252,5 +240,41 @@ def save_soft_prompt(model: SoftPromptModel, directory: str | Path) -> Path:
     return directory
 
 
-__all__ = ["PrefixTuning", "PromptTuning", "SoftPromptModel", "kv_shape", "save_soft_prompt",
-           "soft_prompt_state_dict"]
+# ---------------------------------------------------------------- the bridge to peft's model
+
+PEFT_ENCODER = "prompt_encoder.default."   # where peft keeps the virtual tokens (and the prefix MLP)
+
+
+def to_peft_state(model: SoftPromptModel) -> dict[str, Tensor]:
+    """Every weight of our soft-prompt model under the name peft's model for the same method
+    (`get_peft_model(base, method.to_peft())`) gives it: `peft_model.load_state_dict(
+    to_peft_state(ours), strict=True)` loads them all."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("base_model."):                # the frozen model: the same names in peft
+            state[name] = tensor
+        elif name == "prompt_embeddings.weight":
+            state[PEFT_ENCODER + "embedding.weight"] = tensor
+        else:                                             # prefix_mlp.<i>.* is peft's transform.<i>.*
+            state[PEFT_ENCODER + "transform." + name.removeprefix("prefix_mlp.")] = tensor
+    state["word_embeddings.weight"] = model.base_model.get_input_embeddings().weight   # peft's alias
+    return state
+
+
+def from_peft_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A peft soft-prompt model's state under our names: `ours.load_state_dict(from_peft_state(
+    peft_model.state_dict()), strict=True)`."""
+    ours = {}
+    for name, tensor in state.items():
+        if name.startswith("base_model."):
+            ours[name] = tensor
+        elif name == PEFT_ENCODER + "embedding.weight":
+            ours["prompt_embeddings.weight"] = tensor
+        elif name.startswith(PEFT_ENCODER + "transform."):
+            ours["prefix_mlp." + name.removeprefix(PEFT_ENCODER + "transform.")] = tensor
+    return ours                                           # peft's word_embeddings alias is dropped
+
+
+__all__ = ["PrefixTuning", "PrefixTuningModel", "PromptTuning", "PromptTuningModel", "SoftPromptModel",
+           "from_peft_state", "kv_shape", "save_soft_prompt", "soft_prompt_state_dict", "text_ids",
+           "to_peft_state"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse._surgery import freeze, match_modules, replace_modules
-from ftcourse.lora import LoRA, LoRALinear, lora_layers
+from ftcourse.lora import LoRA, LoRALinear, lora_layers, lora_state_dict
 from ftcourse.models import DTYPES, ensure_distinct_pad, resolve_model_path
 from ftcourse.quant import (
     CODES,
@@ -58,7 +58,7 @@ class QLoRA:
     def lora(self) -> LoRA:
         return LoRA(r=self.r, alpha=self.alpha, targets=self.targets, dropout=self.dropout)
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, tokenizer: Any = None) -> nn.Module:
         return apply_qlora(model, self)
 
     def to_peft(self) -> Any:
@@ -231,6 +231,21 @@ def load_4bit(config: QLoRA, name_or_path: str | None = None) -> tuple[Any, Any]
     return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
 
+def load_adapters_into_peft(peft_model: Any, model: nn.Module) -> None:
+    """Copy our QLoRA model's adapters into its transformers + bitsandbytes + peft twin, strictly:
+    every adapter on either side must meet its counterpart. Only the adapters cross: our 4-bit
+    layers keep other buffers than bitsandbytes' (`Linear4bit.from_bitsandbytes` shares its bytes)."""
+    import peft
+
+    ours = lora_state_dict(model)
+    result = peft.set_peft_model_state_dict(peft_model, ours)
+    theirs = [name for name in peft_model.state_dict() if ".lora_A." in name or ".lora_B." in name]
+    if result.unexpected_keys or len(theirs) != len(ours):
+        raise ValueError(f"The adapters do not pair up: {len(ours)} of ours, {len(theirs)} in the peft "
+                         f"model, unmatched: {result.unexpected_keys[:3]}. Make both with the same QLoRA "
+                         "config (QLoRA.to_peft()) on the same base model.")
+
+
 def bitsandbytes_eval_error() -> float:
     """How far bitsandbytes' `Linear4bit` in eval mode, asked for float32 compute, lands from a
     float32 matmul of its own dequantized weight on this CPU (largest difference / largest output).
@@ -254,4 +269,4 @@ def bitsandbytes_eval_error() -> float:
 
 
 __all__ = ["Linear4bit", "QLoRA", "apply_qlora", "bitsandbytes_eval_error", "dequantize", "load_4bit",
-           "merge_into_4bit", "quantize_model", "quantized_layers"]
+           "load_adapters_into_peft", "merge_into_4bit", "quantize_model", "quantized_layers"]

@@ -70,7 +70,7 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
     if formatting.pack:
         examples = pack_examples(examples, max_len or max(len(ex["input_ids"]) for ex in examples))
     torch.manual_seed(config.seed)   # new weights (LoRA's A, a prompt) depend on the seed, not on history
-    model = method.apply(model)
+    model = method.apply(model, tokenizer)
     if memory_check != "off":
         plan_run(model, examples, config, refuse=memory_check == "refuse")
     result = train(model, examples, config, eval_fn=eval_fn, progress=progress,

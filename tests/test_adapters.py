@@ -6,7 +6,7 @@ import peft
 import pytest
 import torch
 
-from ftcourse.adapters import IA3, AdapterLinear, BottleneckAdapter, IA3Linear, to_peft_ia3_state
+from ftcourse.adapters import IA3, AdapterLinear, BottleneckAdapter, IA3Linear, from_peft_state, to_peft_state
 from ftcourse.methods import count_trainable
 from ftcourse.tolerance import assert_close, transformer_path
 
@@ -20,8 +20,7 @@ def test_ia3_logits_equal_peft(base):
         if isinstance(layer, IA3Linear):    # ones would make any IA3 pass
             layer.ia3_l.data = 1 + 0.3 * torch.randn(layer.ia3_l.shape, generator=generator)
     theirs = peft.get_peft_model(copy.deepcopy(model), IA3().to_peft())
-    missing, unexpected = theirs.load_state_dict(to_peft_ia3_state(ours), strict=False)
-    assert not unexpected and not [k for k in missing if "ia3_l" in k]
+    theirs.load_state_dict(to_peft_state(ours), strict=True)
     ids = torch.randint(4, 1000, (2, 10), generator=generator)
     with torch.no_grad():
         assert_close(ours(ids).logits, theirs(input_ids=ids).logits, n=transformer_path(model.config, 10))
@@ -54,3 +53,18 @@ def test_bad_config_is_named(base):
         IA3(targets=("k_proj",), feedforward=("down_proj",))
     with pytest.raises(ValueError, match="match no Linear"):
         IA3(targets=("kproj",), feedforward=()).apply(copy.deepcopy(base[0]))
+
+
+@pytest.mark.equivalence
+def test_ia3_peft_state_maps_every_weight_both_ways(base):
+    model, _ = base
+    ours = IA3().apply(copy.deepcopy(model))
+    generator = torch.Generator().manual_seed(1)
+    for layer in ours.modules():
+        if isinstance(layer, IA3Linear):
+            layer.ia3_l.data = 1 + 0.3 * torch.randn(layer.ia3_l.shape, generator=generator)
+    theirs = peft.get_peft_model(copy.deepcopy(model), IA3().to_peft())
+    theirs.load_state_dict(to_peft_state(ours), strict=True)
+    again = IA3().apply(copy.deepcopy(model))
+    again.load_state_dict(from_peft_state(theirs.state_dict()), strict=True)
+    assert all(torch.equal(again.state_dict()[key], tensor) for key, tensor in ours.state_dict().items())

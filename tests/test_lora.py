@@ -10,11 +10,13 @@ from ftcourse.lora import (
     LoRALinear,
     adapters_disabled,
     apply_lora,
+    from_peft_state,
     load_adapter,
     lora_layers,
     lora_state_dict,
     merge_lora,
     save_adapter,
+    to_peft_state,
     unmerge_lora,
 )
 from ftcourse.tolerance import assert_close, loss_path, transformer_path
@@ -28,11 +30,6 @@ def randomize_(model, seed: int = 0):
             for part in (layer.lora_A, layer.lora_B):
                 part.weight.copy_(torch.randn(part.weight.shape, generator=generator) * 0.1)
     return model
-
-
-def to_peft_state(ours):
-    """Our adapter weights under the in-memory names of a peft model (adapter "default")."""
-    return {k.replace(".weight", ".default.weight"): v for k, v in lora_state_dict(ours).items()}
 
 
 @pytest.mark.equivalence
@@ -78,7 +75,7 @@ def test_logits_and_gradients_match_peft(base, config):
     model, tokenizer = base
     ours = randomize_(apply_lora(copy.deepcopy(model), config))
     theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft())
-    theirs.load_state_dict(to_peft_state(ours), strict=False)
+    theirs.load_state_dict(to_peft_state(ours), strict=True)
     texts = ["Quadra Kapels lives in Zellin.", "3 plus 4 is 7."]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     tokens = batch["input_ids"].shape[1]
@@ -216,3 +213,17 @@ def test_lora_parameter_count_from_config(base):
             p.numel() for p in adapted.parameters() if p.requires_grad)
     # torchtune's LoRA tutorial: Llama-2-7B, q and v, rank 8 -> 4,194,304 trainable parameters.
     assert count_lora_parameters(REAL_MODELS["Llama-2-7B"], LoRA(r=8)) == 4_194_304
+
+
+@pytest.mark.equivalence
+def test_peft_state_maps_every_weight_both_ways(base):
+    import peft
+
+    model, _ = base
+    config = LoRA(r=4, alpha=8, targets="all-linear")
+    ours = randomize_(apply_lora(copy.deepcopy(model), config))
+    theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft())
+    theirs.load_state_dict(to_peft_state(ours), strict=True)          # every weight, by name
+    again = apply_lora(copy.deepcopy(model), config)
+    again.load_state_dict(from_peft_state(theirs.state_dict()), strict=True)
+    assert all(torch.equal(again.state_dict()[key], tensor) for key, tensor in ours.state_dict().items())

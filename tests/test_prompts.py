@@ -8,19 +8,14 @@ import torch
 
 from ftcourse.chat import prompt_ids
 from ftcourse.generate import generate, generate_ids
-from ftcourse.prompts import PrefixTuning, PromptTuning, save_soft_prompt
+from ftcourse.prompts import PrefixTuning, PromptTuning, from_peft_state, save_soft_prompt, to_peft_state
 from ftcourse.tolerance import assert_close, transformer_path
 
 
 def with_peft_weights(ours, config, base):
-    """peft's model for `config`, given our soft prompt's weights."""
+    """peft's model for `config`, given our soft prompt's weights (all of them, strictly)."""
     theirs = peft.get_peft_model(copy.deepcopy(base), config.to_peft())
-    encoder = theirs.prompt_encoder["default"]
-    with torch.no_grad():
-        encoder.embedding.weight.copy_(ours.prompt_embeddings.weight)
-        if getattr(ours, "prefix_mlp", None) is not None:
-            for index in (0, 2):
-                encoder.transform[index].load_state_dict(ours.prefix_mlp[index].state_dict())
+    theirs.load_state_dict(to_peft_state(ours), strict=True)
     return theirs
 
 
@@ -100,7 +95,8 @@ def test_text_init_tiles_the_text_like_peft(base):
     config = PromptTuning(num_virtual_tokens=30, init_text="Answer briefly")
     ours = config.apply(copy.deepcopy(model))
     theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft(model.config._name_or_path))
-    assert torch.equal(ours.prompt_embeddings.weight, theirs.prompt_encoder["default"].embedding.weight)
+    their_rows = from_peft_state(theirs.state_dict())["prompt_embeddings.weight"]
+    assert torch.equal(ours.prompt_embeddings.weight, their_rows)
     ids = tokenizer("Answer briefly")["input_ids"]
     assert torch.equal(ours.prompt_embeddings.weight[len(ids)], model.get_input_embeddings().weight[ids[0]])
 
@@ -148,3 +144,16 @@ def test_prefix_tuning_refuses_gradient_checkpointing(tiny_llama):
     model.train()
     with pytest.raises(ValueError, match="Prefix tuning cannot train with gradient checkpointing"):
         model(torch.tensor([[5, 6, 7]]))
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("config", CONFIGS, ids=["prompt", "prefix", "prefix-mlp"])
+def test_peft_state_maps_every_weight_both_ways(base, config):
+    model, _ = base
+    torch.manual_seed(3)
+    ours = config.apply(copy.deepcopy(model))
+    theirs = with_peft_weights(ours, config, model)
+    torch.manual_seed(4)                                                # other random rows
+    again = config.apply(copy.deepcopy(model))
+    again.load_state_dict(from_peft_state(theirs.state_dict()), strict=True)
+    assert all(torch.equal(again.state_dict()[key], tensor) for key, tensor in ours.state_dict().items())

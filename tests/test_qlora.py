@@ -16,6 +16,7 @@ from ftcourse.qlora import (
     apply_qlora,
     dequantize,
     load_4bit,
+    load_adapters_into_peft,
     merge_into_4bit,
     quantized_layers,
 )
@@ -73,8 +74,7 @@ def test_qlora_layer_equals_bitsandbytes_linear4bit_with_peft_lora(double_quant)
     assert torch.equal(base.weight, theirs.base_model.model.up_proj.base_layer.weight.data)
     ours = LoRALinear(base, r=4, alpha=8)
     randomize_lora(nn.ModuleDict({"up_proj": ours}))
-    theirs.base_model.model.up_proj.lora_A["default"].weight.data.copy_(ours.lora_A.weight)
-    theirs.base_model.model.up_proj.lora_B["default"].weight.data.copy_(ours.lora_B.weight)
+    load_adapters_into_peft(theirs, nn.ModuleDict({"up_proj": ours}))
     x = torch.randn(4, 7, 64)
     # Training mode (bitsandbytes' float32 path: see test_bitsandbytes_eval_forward_computes_in_float32).
     theirs.train()
@@ -139,11 +139,10 @@ def qlora_pair(base):
     theirs = peft.get_peft_model(theirs, config.to_peft())
     ours = apply_qlora(copy.deepcopy(model), config)
     randomize_lora(ours)
-    for name, layer in lora_layers(ours).items():
+    for name, layer in lora_layers(ours).items():   # the very same 4-bit bytes
         twin = theirs.base_model.model.get_submodule(name)
-        layer.base_layer = Linear4bit.from_bitsandbytes(twin.base_layer)   # the very same 4-bit bytes
-        twin.lora_A["default"].weight.data.copy_(layer.lora_A.weight)
-        twin.lora_B["default"].weight.data.copy_(layer.lora_B.weight)
+        layer.base_layer = Linear4bit.from_bitsandbytes(twin.base_layer)
+    load_adapters_into_peft(theirs, ours)
     return ours, theirs, config
 
 

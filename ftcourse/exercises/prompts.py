@@ -1,6 +1,6 @@
 """Exercises on soft prompts (chapter 07_soft_prompts): prepending a prompt, counting, prefix layout.
 
-Each check compares the learner's function with `ftcourse.prompts.SoftPromptModel` on a tiny
+Each check compares the learner's function with `ftcourse.prompts`' soft-prompt models on a tiny
 random Llama: what it feeds the frozen model, how many parameters it trains, the keys and values
 of its prefix cache. Common mistakes are named in the message.
 Shapes: B batch, T real tokens, N virtual tokens, d hidden size, L layers, H key/value heads, D head dim.
@@ -80,7 +80,7 @@ def _what_the_base_model_reads(soft: SoftPromptModel, input_ids: Tensor, mask: T
 def check_prepend_soft_prompt(answer: Callable) -> None:
     """Compare with what `SoftPromptModel` (prompt tuning) feeds its frozen model, on a left-padded batch."""
     model = _tiny_llama(hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=2)
-    soft = SoftPromptModel(model, PromptTuning(num_virtual_tokens=3))
+    soft = PromptTuning(num_virtual_tokens=3).apply(model)
     generator = torch.Generator().manual_seed(7)
     prompt = torch.randn(3, 8, generator=generator)
     soft.prompt_embeddings.weight.data.copy_(prompt)
@@ -123,8 +123,8 @@ def check_soft_prompt_parameter_counts(answer: Callable) -> None:
                   "num_attention_heads": sizes["num_heads"], "num_key_value_heads": sizes["num_kv_heads"]}
         with torch.device("meta"):   # only the shapes matter: no memory, no random numbers
             model = _tiny_llama(**sizes)
-            prompt = _trainable(SoftPromptModel(model, PromptTuning(num_virtual_tokens=n)))
-            prefix = _trainable(SoftPromptModel(model, PrefixTuning(num_virtual_tokens=n)))
+            prompt = _trainable(PromptTuning(num_virtual_tokens=n).apply(model))
+            prefix = _trainable(PrefixTuning(num_virtual_tokens=n).apply(model))
         got = answer(config, n)
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             raise ExerciseFailed("soft_prompt_parameter_counts: return a pair (prompt tuning, prefix "
@@ -148,11 +148,11 @@ def check_soft_prompt_parameter_counts(answer: Callable) -> None:
           task="Cut a learned prefix (N, L * 2 * H * D) into each layer's key and value, "
                "(B, H, N, D) each.")
 def check_prefix_to_key_values(answer: Callable) -> None:
-    """Compare with the DynamicCache that `SoftPromptModel.prefix_cache` builds for the frozen model."""
+    """Compare with the DynamicCache that `PrefixTuningModel.prefix_cache` builds for the frozen model."""
     for n, L, H, D, B in [(5, 3, 2, 4, 2), (3, 2, 4, 2, 1)]:
         with torch.device("meta"):
-            soft = SoftPromptModel(_tiny_llama(hidden_size=H * D, num_layers=L, num_heads=H, num_kv_heads=H),
-                                   PrefixTuning(num_virtual_tokens=n))
+            soft = PrefixTuning(num_virtual_tokens=n).apply(
+                _tiny_llama(hidden_size=H * D, num_layers=L, num_heads=H, num_kv_heads=H))
         prefix = torch.randn(n, L * 2 * H * D, generator=torch.Generator().manual_seed(n))
         soft.prompt_embeddings.weight = nn.Parameter(prefix)
         cache = soft.prefix_cache(B)

@@ -20,7 +20,7 @@ from ftcourse.lora import lora_layers
 from ftcourse.memory.measure import stored_bytes
 from ftcourse.methods import get_method
 from ftcourse.params import config_value, count_lora_parameters, count_parameters, linear_shapes
-from ftcourse.prompts import PromptTuning, SoftPromptModel
+from ftcourse.prompts import PromptTuningModel, SoftPromptModel
 
 GB = 1e9   # decimal gigabytes, as the ZeRO, LoRA and QLoRA papers count
 
@@ -240,7 +240,7 @@ def footprint_of_model(model: nn.Module) -> Footprint:
     targets = frozenset(suffix[name] for name in loras)
     norms = [p for name, p in model.named_parameters() if "norm" in name]
     soft = model.num_virtual_tokens if isinstance(model, SoftPromptModel) else 0
-    prompt = isinstance(model, SoftPromptModel) and isinstance(model.method, PromptTuning)
+    prompt = isinstance(model, PromptTuningModel)
     return Footprint(
         trainable=sum(p.numel() for p in trainable), trainable_tensors=len(trainable),
         frozen_bytes=stored_bytes(model, trainable=False),
