@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 from torch import nn
 
 from ftcourse.adapters import IA3, BottleneckAdapter
+from ftcourse.checkpoints import trainable_state
 from ftcourse.lora import LoRA, save_adapter
 from ftcourse.prompts import PrefixTuning, PromptTuning, save_soft_prompt
 from ftcourse.qlora import QLoRA
@@ -64,12 +65,19 @@ def count_trainable(model: nn.Module) -> dict[str, float]:
 def save_trained(model: nn.Module, method: str | Method, directory: str | Path,
                  tokenizer: Any = None) -> Path:
     """Save what `method` trained, in the format its library uses: a LoRA adapter (LoRA, QLoRA),
-    a soft prompt (prompt and prefix tuning), or else the whole model (and tokenizer, if given)."""
+    a soft prompt (prompt and prefix tuning), the whole model (and tokenizer, if given) for full
+    fine-tuning, and for the other PEFT methods (IA3, adapters) their trainable weights alone."""
+    from safetensors.torch import save_file
+
     method, directory = get_method(method), Path(directory)
     if isinstance(method, (LoRA, QLoRA)):
         return save_adapter(model, directory, method.lora if isinstance(method, QLoRA) else method)
     if isinstance(method, (PromptTuning, PrefixTuning)):
         return save_soft_prompt(model, directory)
+    if isinstance(method, (IA3, BottleneckAdapter)):
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(trainable_state(model), directory / "trainable.safetensors")
+        return directory
     model.save_pretrained(directory, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

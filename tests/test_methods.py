@@ -6,6 +6,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from ftcourse.adapters import IA3, BottleneckAdapter
 from ftcourse.lora import LoRA, lora_state_dict, read_adapter_config
 from ftcourse.methods import get_method, save_trained
 from ftcourse.prompts import PromptTuning
@@ -28,6 +29,16 @@ def test_prompt_tuning_saves_the_soft_prompt_only(base, tmp_path):
     assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
     assert [tuple(t.shape) for t in load_file(folder / "adapter_model.safetensors").values()] == [
         (5, base[0].config.hidden_size)]
+
+
+@pytest.mark.parametrize("method", [IA3(), BottleneckAdapter(reduction_factor=16)])
+def test_other_peft_methods_save_their_trainable_weights_only(method, base, tmp_path):
+    model = method.apply(copy.deepcopy(base[0]))
+    folder = save_trained(model, method, tmp_path / "out")
+    saved = load_file(folder / "trainable.safetensors")
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert [p.name for p in folder.iterdir()] == ["trainable.safetensors"]
+    assert saved.keys() == trainable.keys() and all(saved[k].equal(trainable[k]) for k in saved)
 
 
 def test_full_fine_tuning_saves_the_whole_model_and_tokenizer(base, tmp_path):

@@ -1,0 +1,145 @@
+"""Experiments: several fine-tuning runs on the same data, compared in one tidy table.
+
+The method chapters (04-07) ask one question many ways: given the same training rows, test rows
+and probe batch, what does each method cost and what does it reach? `fine_tune_all` trains a
+fresh copy of the base model for each named `Run` (a method and its TrainConfig) and scores it;
+`method_table` lays the runs side by side: trainable parameters, time per step, memory (modelled,
+and measured if asked), what is saved to disk, the score with its interval, and what the run cost
+elsewhere (forgetting). `save_results` writes a table where the claims ledger finds it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ftcourse.batching import pad_batch
+from ftcourse.chat import tokenize_example
+from ftcourse.evaluate import TaskScore, forgetting, score_task
+from ftcourse.ledger import results_dir
+from ftcourse.memory import Setup, estimate, measure_training_step, stored_bytes
+from ftcourse.methods import count_trainable, get_method, saved_megabytes
+from ftcourse.sft import finetune
+from ftcourse.train import TrainConfig, TrainResult
+
+METRIC_NAMES = {"exact_match": "exact match", "rouge_l": "ROUGE-L", "mentions_answer": "mentions answer"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of an experiment: how to fine-tune (a method or "full") and for how long, how fast."""
+
+    method: Any
+    config: TrainConfig
+
+
+@dataclass
+class Trained:
+    """A finished run: the model, its training record, its test score and what it cost elsewhere."""
+
+    method: Any
+    model: nn.Module
+    result: TrainResult
+    score: TaskScore
+    forgetting: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.result.seconds / len(self.result.history)
+
+
+def probe_batch(tokenizer: Any, rows: Sequence[dict[str, str]], size: int = 16) -> dict[str, Tensor]:
+    """The first `size` instruction rows as one padded batch: the batch memory is measured on."""
+    examples = [tokenize_example(tokenizer, row["instruction"], row["response"]) for row in rows[:size]]
+    return pad_batch(examples, tokenizer.pad_token_id)
+
+
+def fine_tune_all(base: nn.Module, tokenizer: Any, train_rows: Any, test_rows: Sequence[dict[str, str]],
+                  runs: Mapping[str, Run], *, held_out: Sequence[dict] | None = None,
+                  probes: Sequence[tuple[str, str]] | None = None,
+                  progress: bool = False) -> dict[str, Trained]:
+    """Fine-tune a fresh copy of `base` for each run, score it on `test_rows`, and, given a held-out
+    text and fact probes, measure what it forgot (`ftcourse.evaluate.forgetting`)."""
+    trained = {}
+    for name, run in runs.items():
+        model, result = finetune(copy.deepcopy(base), tokenizer, train_rows, run.method, run.config,
+                                 progress=progress)
+        lost = forgetting(model, tokenizer, held_out, probes) if held_out is not None else {}
+        trained[name] = Trained(run.method, model, result, score_task(model, tokenizer, test_rows), lost)
+    return trained
+
+
+def method_table(trained: Mapping[str, Trained], base: nn.Module, *, probe: dict[str, Tensor] | None = None,
+                 measure_memory: bool = False, before: Mapping[str, float] | None = None) -> Any:
+    """One row per run (a pandas DataFrame): what it trains, costs and reaches.
+
+    Columns: trainable parameters (and % of the base's), ms per step, the score (its mean and 95%
+    interval) and, when a run is named "full", the score as % of it; MB saved per task, of the
+    frozen base and of the trainable weights; with a `probe` batch the modelled peak memory of a
+    step on it (and the measured one with `measure_memory`); with the base's `before` forgetting
+    measures, the held-out loss change and the fact recall after training.
+    """
+    import pandas as pd
+
+    total = count_trainable(base)["total"]
+    reference = trained["full"].score.ci.estimate if "full" in trained else None
+    rows = {}
+    for name, run in trained.items():
+        metric = METRIC_NAMES.get(run.score.metric, run.score.metric)
+        row = {"trainable": count_trainable(run.model)["trainable"]}
+        row["trainable %"] = 100 * row["trainable"] / total
+        row |= {"ms per step": run.ms_per_step, metric: run.score.ci.estimate, "95% CI": str(run.score.ci)}
+        if reference is not None:              # undefined where full fine-tuning scores 0
+            row["% of full FT"] = 100 * run.score.ci.estimate / reference if reference else float("nan")
+        row |= {"saved MB": saved_megabytes(run.model, run.method),
+                "frozen MB": stored_bytes(run.model, trainable=False) / 1e6,
+                "trainable MB": stored_bytes(run.model, trainable=True) / 1e6}
+        if probe is not None:
+            setup = Setup(method=get_method(run.method), batch_size=len(probe["input_ids"]),
+                          seq_len=probe["input_ids"].shape[1], padding=True)
+            row["peak MB modelled"] = estimate(run.model, setup).peak / 1e6
+            if measure_memory:
+                row["peak MB measured"] = measure_training_step(run.model, probe)["total"] / 1e6
+        if before is not None and run.forgetting:
+            row["held-out loss change"] = run.forgetting["held-out loss"] - before["held-out loss"]
+            row["fact recall"] = run.forgetting["fact recall"]
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def memory_table(base: nn.Module, methods: Mapping[str, Any], probe: dict[str, Tensor],
+                 checkpointing: Sequence[str] = ()) -> Any:
+    """The memory model against the profiler (a pandas DataFrame): for each method applied to a fresh
+    copy of `base` (and with gradient checkpointing for those named in `checkpointing`), the
+    predicted and the measured peak of one training step on `probe`, in MB, and their ratio."""
+    import pandas as pd
+
+    rows = {}
+    for name, method in methods.items():
+        for checkpointed in (False, True) if name in checkpointing else (False,):
+            setup = Setup(method=get_method(method), batch_size=len(probe["input_ids"]),
+                          seq_len=probe["input_ids"].shape[1], padding=True,
+                          gradient_checkpointing=checkpointed)
+            model = get_method(method).apply(copy.deepcopy(base))
+            if checkpointed:
+                getattr(model, "base_model", model).activation_checkpointing_enable()
+            rows[name + (" + checkpointing" if checkpointed else "")] = {
+                "predicted MB": estimate(base.config, setup).peak / 1e6,
+                "measured MB": measure_training_step(model, probe)["total"] / 1e6}
+    table = pd.DataFrame(rows).T
+    table["predicted / measured"] = table["predicted MB"] / table["measured MB"]
+    return table
+
+
+def save_results(table: Any, name: str) -> Path:
+    """Write a results table as `<results folder>/<name>.csv` (`ftcourse.ledger.results_dir`), the
+    index as its first column, for the pages that read what the chapters measured."""
+    path = results_dir() / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.reset_index(names=table.index.name or "method").to_csv(path, index=False)
+    return path
