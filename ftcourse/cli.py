@@ -190,7 +190,8 @@ def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence
     nothing; it says so on stderr, with the breakdown and what would fit. --ignore-memory-check
     turns the refusal into a warning."""
     from ftcourse.batching import max_positions
-    from ftcourse.memory import WontFit, plan_run, training_device
+    from ftcourse.memory import WontFit, plan_run
+    from ftcourse.memory.plan import training_device
     from ftcourse.params import config_value
     from ftcourse.sft import tokenize_instructions
 

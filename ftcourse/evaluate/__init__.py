@@ -7,11 +7,10 @@
 - `scoring`: a model's answers on a task, scored, and results as a tidy table.
 """
 
-from ftcourse.evaluate.leakage import Contamination, contamination, ngrams
-from ftcourse.evaluate.likelihood import example_losses, perplexity, perplexity_ci
+from ftcourse.evaluate.leakage import contamination, ngrams
+from ftcourse.evaluate.likelihood import perplexity, perplexity_ci
 from ftcourse.evaluate.metrics import (
     METRICS,
-    TASK_METRICS,
     accuracy,
     exact_match,
     macro_f1,
@@ -23,7 +22,7 @@ from ftcourse.evaluate.metrics import (
 from ftcourse.evaluate.scoring import TaskScore, forgetting, recall_accuracy, save_table, score_task, tidy
 from ftcourse.evaluate.stats import CI, Comparison, bootstrap_ci, paired_comparison
 
-__all__ = ["CI", "METRICS", "TASK_METRICS", "Comparison", "Contamination", "TaskScore", "accuracy",
-           "bootstrap_ci", "contamination", "example_losses", "exact_match", "forgetting", "macro_f1",
+__all__ = ["CI", "METRICS", "Comparison", "TaskScore", "accuracy",
+           "bootstrap_ci", "contamination", "exact_match", "forgetting", "macro_f1",
            "mentions_answer", "ngrams", "normalize", "paired_comparison", "perplexity", "perplexity_ci",
            "recall_accuracy", "rouge_l", "save_table", "score_task", "tidy", "words"]

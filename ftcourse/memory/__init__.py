@@ -7,37 +7,21 @@
 tests/test_memory.py holds the model within 15% of the measured peaks.
 """
 
-from ftcourse.memory.measure import CATEGORIES, measure_peak, measure_training_step, stored_bytes
+from ftcourse.memory.measure import measure_peak, measure_training_step, stored_bytes
 from ftcourse.memory.model import (
     GB,
     OPTIMIZERS,
     PRECISIONS,
-    Footprint,
-    MemoryEstimate,
-    Precision,
     Setup,
     activation_bytes,
     estimate,
     footprint_of_config,
     footprint_of_model,
     model_state_bytes,
-    stored_4bit_bytes,
 )
-from ftcourse.memory.plan import (
-    MemoryWarning,
-    WontFit,
-    available_memory,
-    format_bytes,
-    plan_run,
-    preflight,
-    suggestions,
-    training_device,
-    training_precision,
-    with_method_applied,
-)
+from ftcourse.memory.plan import MemoryWarning, WontFit, available_memory, plan_run, preflight, suggestions
 
-__all__ = ["CATEGORIES", "GB", "OPTIMIZERS", "PRECISIONS", "Footprint", "MemoryEstimate", "MemoryWarning",
-           "Precision", "Setup", "WontFit", "activation_bytes", "available_memory", "estimate",
-           "footprint_of_config", "footprint_of_model", "format_bytes", "measure_peak",
-           "measure_training_step", "model_state_bytes", "plan_run", "preflight", "stored_4bit_bytes",
-           "stored_bytes", "suggestions", "training_device", "training_precision", "with_method_applied"]
+__all__ = ["GB", "OPTIMIZERS", "PRECISIONS", "MemoryWarning", "Setup", "WontFit", "activation_bytes",
+           "available_memory", "estimate", "footprint_of_config", "footprint_of_model", "measure_peak",
+           "measure_training_step", "model_state_bytes", "plan_run", "preflight", "stored_bytes",
+           "suggestions"]
