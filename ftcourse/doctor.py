@@ -5,7 +5,8 @@ whether its CPU kernels are exact on this CPU (bitsandbytes 0.50.2's are not on 
 dependency's version against the tested range in the package metadata, whether the embedded
 model loads, and the safe-loading settings: pickle files refused, torch.load's weights_only, remote
 code off, the hub online or not. The first step of every lab: a problem shows here, not halfway
-through a chapter.
+through a chapter. Each check imports what it checks inside itself, so a broken piece is one
+failed line of the report, not a doctor that cannot start.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ftcourse.chat import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS
+from ftcourse.data import default_world
+from ftcourse.data.corpus import pretraining_documents
+from ftcourse.data.world import recall_probes
+from ftcourse.evaluate import perplexity, recall_accuracy
+from ftcourse.models import EMBEDDED_MODEL
+from ftcourse.train import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -119,11 +125,6 @@ def pretrain(out_dir: str | Path | None = None, config: PretrainConfig = Pretrai
     import torch
     from transformers import LlamaForCausalLM
 
-    from ftcourse.data import default_world
-    from ftcourse.data.corpus import pretraining_documents
-    from ftcourse.data.world import recall_probes
-    from ftcourse.evaluate import perplexity, recall_accuracy
-    from ftcourse.train import TrainConfig, train
 
     began = time.time()
     world = default_world()
@@ -165,7 +166,6 @@ def pretrain(out_dir: str | Path | None = None, config: PretrainConfig = Pretrai
 
 def recorded_history(model_dir: str | Path | None = None) -> dict[str, Any]:
     """The summary and per-step training loss recorded when a checkpoint was pretrained."""
-    from ftcourse.models import EMBEDDED_MODEL
 
     return json.loads((Path(model_dir or EMBEDDED_MODEL) / "pretrain_history.json").read_text())
 

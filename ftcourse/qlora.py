@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ftcourse._surgery import freeze, match_modules, replace_modules
 from ftcourse.lora import LoRA, LoRALinear, lora_layers, lora_state_dict
 from ftcourse.models import DTYPES, ensure_distinct_pad, resolve_model_path
+from ftcourse.profiles import get_profile
 from ftcourse.quant import (
     CODES,
     DoubleQuant,
@@ -220,7 +221,6 @@ def load_4bit(config: QLoRA, name_or_path: str | None = None) -> tuple[Any, Any]
     import peft
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftcourse.profiles import get_profile
 
     source = resolve_model_path(name_or_path or get_profile().base_model)
     device_map = "auto" if torch.cuda.is_available() else "cpu"

@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 
 from ftcourse.data.world import QUESTIONS, STATEMENTS
-from ftcourse.evaluate import words
+from ftcourse.evaluate import score_task, words
+from ftcourse.lora import LoRA
+from ftcourse.sft import finetune
+from ftcourse.train import TrainConfig
 
 
 class BM25:
@@ -92,10 +95,6 @@ def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int 
     """
     import copy
 
-    from ftcourse.evaluate import score_task
-    from ftcourse.lora import LoRA
-    from ftcourse.sft import finetune
-    from ftcourse.train import TrainConfig
 
     test, shots = list(splits["test"]), list(splits["train"])[:3]
     prompted = {"few-shot": lambda row: few_shot_prompt(row["instruction"], shots),

@@ -36,6 +36,7 @@ from ftcourse.batching import (
     require_within_positions,
 )
 from ftcourse.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from ftcourse.plots import plot_history
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,6 @@ class TrainResult:
 
     def plot(self, ax=None, **kwargs):
         """The loss curve (and evaluations, if any); see `ftcourse.plots.plot_history`."""
-        from ftcourse.plots import plot_history
         return plot_history(self, ax=ax, **kwargs)
 
 
