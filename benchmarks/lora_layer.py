@@ -19,7 +19,7 @@ import torch
 from comparison import Comparison, command_line, interleaved_seconds, median, spread
 from torch import nn
 
-from ftcourse.lora import LoRA, apply_lora
+from ftcourse.lora import LoRA, apply_lora, to_peft_state
 from ftcourse.tolerance import assert_close
 
 GOAL = 1.1
@@ -58,15 +58,13 @@ def lora_pair(shape: Shape) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     model = OneLinear(shape.features)
     config = LoRA(r=shape.r, alpha=2 * shape.r, targets=("q_proj",))
-    ours = apply_lora(copy.deepcopy(model), config).q_proj
+    ours = apply_lora(copy.deepcopy(model), config)
+    nn.init.normal_(ours.q_proj.lora_B.weight, std=0.02)            # with B = 0 any layer would agree
     peft_config = peft.LoraConfig(r=config.r, lora_alpha=config.alpha, target_modules=["q_proj"],
                                   lora_dropout=0.0, bias="none")
-    theirs = peft.get_peft_model(copy.deepcopy(model), peft_config).base_model.model.q_proj
-    with torch.no_grad():
-        nn.init.normal_(ours.lora_B.weight, std=0.02)               # with B = 0 any layer would agree
-        theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
-        theirs.lora_B["default"].weight.copy_(ours.lora_B.weight)
-    return ours, theirs
+    theirs = peft.get_peft_model(copy.deepcopy(model), peft_config)
+    theirs.load_state_dict(to_peft_state(ours), strict=True)         # the same weights, every one
+    return ours.q_proj, theirs.base_model.model.q_proj
 
 
 def step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, iterations: int) -> None:
