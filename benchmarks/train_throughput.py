@@ -57,7 +57,7 @@ def library_trainer(kind: str, model: nn.Module, tokenizer: Any, ordered: Exampl
                   max_steps=config.max_steps, learning_rate=config.lr, lr_scheduler_type=config.schedule,
                   warmup_steps=math.ceil(config.warmup_ratio * config.max_steps), optim="adamw_torch",
                   adam_beta1=beta1, adam_beta2=beta2, weight_decay=config.weight_decay,
-                  max_grad_norm=config.max_grad_norm, seed=config.seed, use_cpu=True, bf16=False,
+                  max_grad_norm=config.max_grad_norm, seed=config.seed, bf16=False,
                   report_to="none", logging_strategy="no", save_strategy="no", eval_strategy="no",
                   disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0,
                   activation_checkpointing=False)

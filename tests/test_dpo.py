@@ -56,7 +56,7 @@ def test_loss_rewards_and_logprobs_match_trl_dpo_trainer(base, pairs, tmp_path):
         {"prompt": [{"role": "user", "content": p["prompt"]}],
          "chosen": [{"role": "assistant", "content": p["chosen"]}],
          "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
-    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, beta=0.1,
+    args = DPOConfig(output_dir=str(tmp_path), report_to=[], bf16=False, beta=0.1,
                      per_device_train_batch_size=len(pairs), max_length=None, dataset_num_proc=None,
                      gradient_checkpointing=False)
     trainer = DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(reference), args=args,

@@ -57,7 +57,7 @@ def test_reward_loss_matches_trl_reward_trainer(base, pairs, tmp_path):
         {"prompt": [{"role": "user", "content": p["prompt"]}],
          "chosen": [{"role": "assistant", "content": p["chosen"]}],
          "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
-    args = RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False,
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], bf16=False,
                         per_device_train_batch_size=len(pairs), max_length=None, dataset_num_proc=None,
                         gradient_checkpointing=False)
     trainer = RewardTrainer(model=theirs, args=args, train_dataset=dataset, processing_class=tokenizer)

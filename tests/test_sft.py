@@ -28,7 +28,7 @@ def test_labels_and_loss_match_trl_sft_trainer(base, rows, tmp_path):
         {"prompt": [{"role": "user", "content": r["instruction"]}],
          "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows])
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), report_to=[],
-                     bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=None,
+                     bf16=False, gradient_checkpointing=False, max_length=None,
                      dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     theirs = trainer.train_dataset

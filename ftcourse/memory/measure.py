@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ftcourse.batching import causal_lm_loss
+from ftcourse.batching import causal_lm_loss, model_device
 from ftcourse.train import TrainConfig, make_optimizer
 
 # The order of torch.profiler's memory timeline columns (after its leading placeholder).
@@ -59,6 +59,8 @@ def measure_training_step(model: nn.Module, batch: dict[str, Tensor],
     weights are restored afterwards: measuring does not train it."""
     loss_fn = loss_fn or causal_lm_loss
     optimizer = make_optimizer(model, TrainConfig(max_steps=1, lr=lr))
+    batch = {key: value.to(model_device(model)) for key, value in batch.items()}
+    was_training = model.training
     model.train()
 
     def step() -> None:
@@ -74,6 +76,7 @@ def measure_training_step(model: nn.Module, batch: dict[str, Tensor],
         for name, p in model.named_parameters():
             if name in saved:
                 p.copy_(saved[name])
+    model.train(was_training)
     return peak
 
 
