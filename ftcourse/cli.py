@@ -6,6 +6,7 @@
                                              (refused if predicted not to fit in memory)
     ftcourse memory --model Llama-2-7B       predict the memory of a training run, itemised
     ftcourse evaluate --task qa --out r.csv  score a model (or an adapter) with 95% intervals
+    ftcourse download --profile gpu --to D   copy a GPU profile's model and datasets to D (needs network)
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shard optimizer states (1), also gradients (2), also weights (3)")
     memory.add_argument("--devices", type=positive_int, default=1, help="devices to shard over")
     memory.add_argument("--json", action="store_true", help="print the terms in bytes as JSON")
+
+    download = commands.add_parser("download", help="copy a GPU profile's model and datasets to a folder")
+    download.add_argument("--profile", choices=[name for name in sorted(PROFILES) if name != "tiny"],
+                          default="gpu")
+    download.add_argument("--to", required=True, help="the folder: model/ and data/ go into it")
     return parser
 
 
@@ -297,10 +303,31 @@ def method_from_args(args: argparse.Namespace):
     return get_method(args.method)
 
 
+def run_download(args: argparse.Namespace) -> int:
+    """Copy the profile's model (safetensors and tokenizer files) and its hub datasets into --to,
+    then say which variables make the profile read them there."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    from ftcourse.data.hub import download_tasks
+    from ftcourse.profiles import PROFILES
+
+    out = Path(args.to).expanduser()
+    profile = PROFILES[args.profile]
+    snapshot_download(profile.base_model, local_dir=out / "model",
+                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    files = download_tasks(out / "data")
+    print(f"{profile.base_model} -> {out / 'model'}; {len(files)} datasets -> {out / 'data'}\n"
+          f"Use them with:\n  export FTCOURSE_PROFILE={profile.name} FTCOURSE_MODEL={out / 'model'} "
+          f"FTCOURSE_DATA_DIR={out / 'data'} HF_HUB_OFFLINE=1")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune,
-           "memory": run_memory, "evaluate": run_evaluate}[args.command]
+           "memory": run_memory, "evaluate": run_evaluate, "download": run_download}[args.command]
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as err:

@@ -3,12 +3,17 @@
 A profile picks the base model, the data source, the dtype and the batch size; the code does not
 branch on the profile anywhere else. Choose one with the `FTCOURSE_PROFILE` environment variable
 or pass `profile=` to any function that takes one.
+
+Three variables adapt a profile to where it runs, without changing the code path:
+`FTCOURSE_MODEL` (a local copy of the model, or another hub id), `FTCOURSE_DATA_DIR` (local copies
+of the hub datasets, as `ftcourse download` writes them: for air-gapped labs, a proxy, a mounted
+drive) and `FTCOURSE_DTYPE` (e.g. float32, to run a GPU profile's code on a CPU).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 
@@ -23,6 +28,7 @@ class Profile:
     batch_size: int
     max_seq_len: int
     description: str
+    data_dir: str | None = None   # local copies of the hub datasets (None: the hub and its cache)
 
 
 PROFILES: dict[str, Profile] = {
@@ -45,4 +51,18 @@ def get_profile(profile: str | Profile | None = None) -> Profile:
         source = "FTCOURSE_PROFILE" if profile is None else "profile"
         raise ValueError(f"Unknown {source} {name!r}; known profiles: {', '.join(PROFILES)}. "
                          f"Set {source} to one of them (the default is {DEFAULT_PROFILE!r}).")
-    return PROFILES[name]
+    return with_local_overrides(PROFILES[name])
+
+
+def with_local_overrides(profile: Profile) -> Profile:
+    """`profile` with FTCOURSE_MODEL, FTCOURSE_DATA_DIR and FTCOURSE_DTYPE applied, where set."""
+    overrides: dict[str, str] = {}
+    if model := os.environ.get("FTCOURSE_MODEL"):
+        overrides["base_model"] = model
+    if data_dir := os.environ.get("FTCOURSE_DATA_DIR"):
+        overrides["data_dir"] = data_dir
+    if dtype := os.environ.get("FTCOURSE_DTYPE"):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"FTCOURSE_DTYPE must be float32, bfloat16 or float16, got {dtype!r}.")
+        overrides["dtype"] = dtype
+    return replace(profile, **overrides) if overrides else profile

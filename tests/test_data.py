@@ -170,3 +170,53 @@ def test_hub_data_are_mapped_deduplicated_and_split_disjointly(monkeypatch):
     assert sum(len(s) for s in splits.values()) == 50
     assert set(splits["train"].column_names) == {"instruction", "response", "task"}
     require_disjoint({name: list(rows) for name, rows in splits.items()}, "instruction")
+
+
+def test_a_local_copy_reads_as_the_hub_does(monkeypatch, tmp_path):
+    """`ftcourse download` writes each dataset's rows with the hub's columns; read back from
+    FTCOURSE_DATA_DIR they give the same splits as the hub, through the same mapping."""
+    import datasets
+
+    from ftcourse.cli import main
+    from ftcourse.data.hub import HUB_TASKS, load_hub_task
+
+    raw = {task.repo: datasets.Dataset.from_list(rows) for task, rows in zip(HUB_TASKS.values(), [
+        [{"instruction": f"Task {i}", "input": "", "output": f"answer {i}"} for i in range(40)],
+        [{"context": f"Text {i}.", "question": f"What {i}?", "answers": {"text": [f"a{i}"]}}
+         for i in range(40)],
+        [{"question": f"{i} plus 1?", "answer": f"so #### {i + 1}"} for i in range(40)],
+        [{"text": f"Story {i}", "label": i % 4} for i in range(40)],
+        [{"system": "", "question": f"Q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}
+         for i in range(40)]])}
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, *args, **kwargs: raw[repo])
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *args, **kwargs: None)
+    assert main(["download", "--profile", "gpu", "--to", str(tmp_path)]) == 0
+    monkeypatch.undo()
+    for name in HUB_TASKS:
+        with monkeypatch.context() as hub:
+            hub.setattr(datasets, "load_dataset", lambda repo, *args, **kwargs: raw[repo])
+            from_hub = load_hub_task(name)
+        local = load_hub_task(name, tmp_path / "data")
+        assert {split: list(rows) for split, rows in local.items()} == \
+            {split: list(rows) for split, rows in from_hub.items()}, name
+
+
+def test_a_missing_local_copy_says_how_to_make_it(tmp_path):
+    from ftcourse.data.hub import load_hub_task
+
+    with pytest.raises(FileNotFoundError, match=r"yahma--alpaca-cleaned.jsonl is missing.*ftcourse download"):
+        load_hub_task("instructions", tmp_path)
+
+
+def test_local_overrides_adapt_a_profile(monkeypatch):
+    from ftcourse.profiles import get_profile
+
+    monkeypatch.setenv("FTCOURSE_MODEL", "/models/smollm2")
+    monkeypatch.setenv("FTCOURSE_DATA_DIR", "/data/hub")
+    monkeypatch.setenv("FTCOURSE_DTYPE", "float32")
+    profile = get_profile("gpu")
+    expected = ("/models/smollm2", "/data/hub", "float32")
+    assert (profile.base_model, profile.data_dir, profile.dtype) == expected
+    monkeypatch.setenv("FTCOURSE_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="FTCOURSE_DTYPE must be float32, bfloat16 or float16, got 'fp8'"):
+        get_profile("gpu")

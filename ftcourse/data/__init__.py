@@ -73,7 +73,7 @@ def load_task(name: str, profile: str | Profile | None = None, world: World | No
     _check_task(name)
     profile = get_profile(profile)
     if profile.data == "hub" and name in HUB_TASKS:   # the others stay synthetic on every profile
-        return load_hub_task(name)
+        return load_hub_task(name, profile.data_dir)
     rows = synthetic_rows(name, world)
     splits = datasets.DatasetDict({split: datasets.Dataset.from_list(rows[split]) for split in SPLITS})
     for split, dataset in splits.items():

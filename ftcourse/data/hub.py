@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftcourse.data.checks import drop_duplicates, require_fields
 from ftcourse.data.tasks import PROMPT_FIELD, TASK_FIELDS
@@ -62,18 +63,35 @@ HUB_TASKS: dict[str, HubTask] = {
 }
 
 
-def load_hub_task(name: str):
-    """The hub dataset for `name` as train / validation / test with our fields."""
+def local_file(task: HubTask, data_dir: str | Path) -> Path:
+    """Where a local copy of `task`'s dataset lives: `<data_dir>/<owner>--<name>[--<config>].jsonl`,
+    its train split with the hub's own columns (`ftcourse download` writes it)."""
+    return Path(data_dir) / ("--".join([*task.repo.split("/"), *([task.config] if task.config else [])])
+                             + ".jsonl")
+
+
+def load_hub_task(name: str, data_dir: str | Path | None = None):
+    """The hub dataset for `name` as train / validation / test with our fields, read from the hub
+    (or its cache), or from a local copy in `data_dir`: the same rows, mapped by the same code."""
     import datasets
 
     task = HUB_TASKS[name]
-    try:
-        raw = datasets.load_dataset(task.repo, task.config, split="train")
-    except Exception as err:  # the hub raises many types; all mean "not available here"
-        raise FileNotFoundError(
-            f"Dataset {task.repo!r} (task {name!r}) could not be loaded: {type(err).__name__}: {err}. "
-            "The GPU profiles download public datasets; run once with network access to fill the "
-            "Hugging Face cache, or use FTCOURSE_PROFILE=tiny to work offline.") from err
+    if data_dir is not None:
+        path = local_file(task, data_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"No local copy of {task.repo!r} (task {name!r}): {path} is missing. "
+                                    "Write it where there is network with `ftcourse download --profile "
+                                    "gpu --to DIR`, or unset FTCOURSE_DATA_DIR to use the hub.")
+        raw = datasets.load_dataset("json", data_files=str(path), split="train")
+    else:
+        try:
+            raw = datasets.load_dataset(task.repo, task.config, split="train")
+        except Exception as err:  # the hub raises many types; all mean "not available here"
+            raise FileNotFoundError(
+                f"Dataset {task.repo!r} (task {name!r}) could not be loaded: {type(err).__name__}: {err}. "
+                "The GPU profiles download public datasets; run once with network access to fill the "
+                "Hugging Face cache, set FTCOURSE_DATA_DIR to local copies (`ftcourse download`), or "
+                "use FTCOURSE_PROFILE=tiny to work offline.") from err
     raw = raw.shuffle(seed=SPLIT_SEED).select(range(min(MAX_ROWS, len(raw))))
     mapped = raw.map(task.to_row, remove_columns=raw.column_names)
     require_fields(mapped, TASK_FIELDS[name], name=f"{task.repo} ({name})")
@@ -81,3 +99,17 @@ def load_hub_task(name: str):
     test = mapped.train_test_split(test_size=0.3, seed=SPLIT_SEED)
     val = test["train"].train_test_split(test_size=1 / 7, seed=SPLIT_SEED)
     return datasets.DatasetDict({"train": val["train"], "validation": val["test"], "test": test["test"]})
+
+
+def download_tasks(data_dir: str | Path) -> list[Path]:
+    """Save each hub dataset's train split, with its own columns, where `load_hub_task(name, data_dir)`
+    reads it. Needs network (or the Hugging Face cache); run it once, where there is one."""
+    import datasets
+
+    written = []
+    for task in HUB_TASKS.values():
+        path = local_file(task, data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        datasets.load_dataset(task.repo, task.config, split="train").to_json(str(path), lines=True)
+        written.append(path)
+    return written
