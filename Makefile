@@ -3,7 +3,8 @@
 #   make serve  preview the built site at http://127.0.0.1:8000
 #   make bench  our implementations against the libraries' (ratios, benchmarks/results/)
 #   make test   ruff, nbstripout --verify, pytest (unit + nbval notebooks), the equivalence tests again
-#               under ATEN_CPU_CAPABILITY=default and =avx2, the book with -W
+#               under ATEN_CPU_CAPABILITY=default and =avx2, every notebook again on the GPU profile's
+#               code path (make test-hub), the book with -W
 # Both create .venv first, installing the CPU build of torch before anything that depends on it.
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
 
-.PHONY: setup browser book serve timings catalogue bench equivalence test lint clean
+.PHONY: setup browser book serve timings catalogue bench equivalence test-hub test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,12 +69,20 @@ equivalence: $(STAMP)
 		ATEN_CPU_CAPABILITY=$$capability $(BIN)/pytest tests -m equivalence -q || exit 1; \
 	done
 
+# Every notebook and book page through the GPU profile's code path, on whatever device there is:
+# a random SmolLM2-shaped model folder with its own tokenizer and local files with each hub
+# dataset's columns, float32 (tests/run_hub.sh). Claims calibrated on the tiny model are shown
+# and recorded there (in _build/hub/results), not asserted; equality with the libraries is asserted.
+test-hub: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH bash tests/run_hub.sh _build/hub
+
 # The book reuses what nbval executed (a jupyter-cache), so each notebook runs once per test.
 # The notebooks' times are shown beside the instructors' guide's, never checked: time is no test.
 test: lint browser
 	rm -rf _build
 	$(BIN)/pytest --keep-executed _build/.jupyter_cache --notebook-times _build/notebook_times.json
 	$(MAKE) equivalence
+	$(MAKE) test-hub
 	$(BIN)/python benchmarks/notebook_times.py --show _build/notebook_times.json
 	sed 's/^\(\s*execute_notebooks:\).*/\1 cache/' _config.yml > _build/_config_test.yml
 	grep -q 'execute_notebooks: cache' _build/_config_test.yml

@@ -177,6 +177,11 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- running a model over data
 
+def default_device() -> torch.device:
+    """Where ftcourse puts a model to run: the GPU if there is one (as Accelerate picks), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's weights are (its first parameter's device)."""
     return next(model.parameters()).device

@@ -29,6 +29,14 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+# ChatML, as SmolLM2, Qwen and many others write it: what a base model without a template gets.
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def messages(instruction: str, response: str | None = None) -> list[dict[str, str]]:
@@ -79,6 +87,17 @@ def _render(tokenizer: Any, chat: Sequence[dict[str, str]], add_generation_promp
                          "= ftcourse.chat.CHAT_TEMPLATE (its role tokens must be in the vocabulary).")
     return tokenizer.apply_chat_template(list(chat), add_generation_prompt=add_generation_prompt,
                                          return_dict=False)
+
+
+def assistant_turn_end(tokenizer: Any) -> str | None:
+    """The special token the chat template writes right after an assistant's text (None if none):
+    what a fine-tuned model must learn to emit, and generation must stop at."""
+    marker = "ftcourse-end-of-answer"
+    text = tokenizer.apply_chat_template(messages("?", marker), tokenize=False)
+    after = text[text.index(marker) + len(marker):]
+    specials = set(tokenizer.all_special_tokens) | {token.content for token in
+                                                     tokenizer.added_tokens_decoder.values() if token.special}
+    return max((token for token in specials if after.startswith(token)), key=len, default=None)
 
 
 def prompt_ids(tokenizer: Any, instruction: str) -> list[int]:

@@ -195,9 +195,8 @@ def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence
     on the device it will train on. Checked before any scoring or training, so a refusal costs
     nothing; it says so on stderr, with the breakdown and what would fit. --ignore-memory-check
     turns the refusal into a warning."""
-    from ftcourse.batching import max_positions
+    from ftcourse.batching import default_device, max_positions
     from ftcourse.memory import WontFit, plan_run
-    from ftcourse.memory.plan import training_device
     from ftcourse.params import config_value
     from ftcourse.sft import tokenize_instructions
 
@@ -213,7 +212,7 @@ def refuse_if_too_big(args: argparse.Namespace, model, tokenizer, rows: Sequence
     except WontFit as err:
         setup = err.estimate.setup
         plan = (f"{args.method} fine-tuning, {setup.precision}, batch {setup.batch_size} x {setup.seq_len} "
-                f"tokens (the longest tokenised training example), on {training_device()}")
+                f"tokens (the longest tokenised training example), on {default_device()}")
         if args.ignore_memory_check:
             print(f"ftcourse finetune: warning: starting {plan} despite the memory check "
                   f"(--ignore-memory-check).\n{err}", file=sys.stderr)

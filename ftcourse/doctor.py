@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
@@ -226,6 +227,122 @@ def check_hub_offline() -> Check:
     return Check("HF_HUB_OFFLINE", "online", True, "a model not in the cache downloads from the hub")
 
 
+# ---------------------------------------------------------------- the selected profile
+
+GB = 1e9
+
+
+def check_profile(profile: Any) -> list[Check]:
+    """What a GPU profile needs here: a GPU with bfloat16, the model and the datasets in the cache
+    or a local copy, and memory for the chapters' largest run. The tiny profile needs none of it."""
+    if profile.base_model == "embedded" and profile.data == "synthetic":
+        return []
+    download = (f"where there is network, run `ftcourse download --profile {profile.name} --to DIR` and "
+                "set FTCOURSE_MODEL=DIR/model and FTCOURSE_DATA_DIR=DIR/data here")
+    return [*check_profile_device(profile), check_profile_model(profile, download),
+            check_profile_datasets(profile, download), check_profile_memory(profile)]
+
+
+def check_profile_device(profile: Any) -> list[Check]:
+    import torch
+
+    if not torch.cuda.is_available():
+        if profile.dtype == "float32":   # FTCOURSE_DTYPE=float32: the GPU path's code on a CPU, for tests
+            return [Check("profile device", "CPU, float32", True, "the GPU path's code on the CPU")]
+        return [Check("profile device", "no CUDA GPU", False,
+                      f"the {profile.name} profile trains a real model in {profile.dtype} on a GPU; run on a "
+                      "machine with one (e.g. Colab: Runtime > Change runtime type > GPU), or use "
+                      "FTCOURSE_PROFILE=tiny on this one")]
+    name = torch.cuda.get_device_name()
+    checks = [Check("profile device", name, True, f"{torch.cuda.device_count()} GPU(s)")]
+    if profile.dtype == "bfloat16":
+        bf16 = torch.cuda.is_bf16_supported()
+        checks.append(Check("bfloat16", "supported" if bf16 else "not supported", bf16,
+                            "" if bf16 else f"{name} predates bfloat16 (Ampere or later has it); set "
+                            "FTCOURSE_DTYPE=float32 (twice the memory) or use a newer GPU"))
+    return checks
+
+
+def model_config_file(source: str) -> str | None:
+    """The model's config.json in a local folder or the Hugging Face cache, without downloading."""
+    from pathlib import Path
+
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return str(folder / "config.json") if (folder / "config.json").is_file() else None
+    if source.count("/") != 1:
+        return None
+    found = try_to_load_from_cache(source, "config.json")
+    return found if isinstance(found, str) else None
+
+
+def check_profile_model(profile: Any, download: str) -> Check:
+    if model_config_file(profile.base_model):
+        return Check("profile model", profile.base_model, True, "in the cache or a local folder")
+    return Check("profile model", profile.base_model, False,
+                 f"not downloaded: {download} (or `huggingface-cli download {profile.base_model}`)")
+
+
+def dataset_cached(repo: str) -> bool:
+    """Whether `datasets` can load `repo` offline: its files in the hub cache or its prepared copy."""
+    from pathlib import Path
+
+    import datasets
+    from huggingface_hub import constants
+
+    hub_copy = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / repo.replace("/", "___")
+    return hub_copy.is_dir() or prepared.is_dir()
+
+
+def check_profile_datasets(profile: Any, download: str) -> Check:
+    from ftcourse.data.hub import HUB_TASKS, local_file
+
+    if profile.data_dir:
+        missing = [str(local_file(task, profile.data_dir)) for task in HUB_TASKS.values()
+                   if not local_file(task, profile.data_dir).is_file()]
+        where = f"local copies in {profile.data_dir}"
+    else:
+        missing = [task.repo for task in HUB_TASKS.values() if not dataset_cached(task.repo)]
+        where = "the Hugging Face cache"
+    if not missing:
+        return Check("profile datasets", f"{len(HUB_TASKS)} of {len(HUB_TASKS)}", True, f"in {where}")
+    return Check("profile datasets", f"{len(HUB_TASKS) - len(missing)} of {len(HUB_TASKS)}", False,
+                 f"missing from {where}: {', '.join(missing)}; {download}")
+
+
+def check_profile_memory(profile: Any) -> Check:
+    """Predicted peak of the chapters' largest run, full fine-tuning with AdamW at the profile's
+    batch and sequence length, against the GPU's memory."""
+    import torch
+
+    from ftcourse.memory import Setup, estimate
+    from ftcourse.params import REAL_MODELS
+
+    config_file = model_config_file(profile.base_model)
+    if config_file:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config_file)
+    elif profile.shape:
+        config = REAL_MODELS[profile.shape]
+    else:
+        return Check("profile memory", "unknown", True, "the model's config is not here to predict from")
+    precision = "fp32" if profile.dtype == "float32" else "bf16"
+    peak = estimate(config, Setup(precision=precision, batch_size=profile.batch_size,
+                                  seq_len=profile.max_seq_len)).peak
+    run = f"full fine-tuning, AdamW, {profile.batch_size} x {profile.max_seq_len} tokens: {peak / GB:.1f} GB"
+    if not torch.cuda.is_available():
+        return Check("profile memory", f"{peak / GB:.1f} GB predicted", True, f"{run}; no GPU to compare")
+    total = torch.cuda.get_device_properties(0).total_memory
+    fits = peak < 0.9 * total
+    return Check("profile memory", f"{peak / GB:.1f} of {total / GB:.0f} GB", fits,
+                 run + ("" if fits else "; more than 90% of this GPU: lower the batch size, turn on "
+                        "gradient checkpointing, or use LoRA / QLoRA"))
+
+
 def run_checks() -> list[Check]:
     """Every check of the report, in the order it is printed."""
     import os
@@ -241,6 +358,7 @@ def run_checks() -> list[Check]:
     try:
         profile = get_profile()
         checks.append(Check("profile", profile.name, True, profile.description))
+        checks += check_profile(profile)
     except ValueError as err:
         checks.append(Check("profile", os.environ.get("FTCOURSE_PROFILE", ""), False, str(err)))
     return (checks + check_accelerator() + [check_bitsandbytes(), check_bitsandbytes_exact()]

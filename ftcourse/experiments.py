@@ -5,7 +5,7 @@ and probe batch, what does each method cost and what does it reach? `fine_tune_a
 fresh copy of the base model for each named `Run` (a method and its TrainConfig) and scores it;
 `method_table` lays the runs side by side: trainable parameters, time per step, memory (modelled,
 and measured if asked), what is saved to disk, the score with its interval, and what the run cost
-elsewhere (forgetting). `save_results` writes a table where the claims ledger finds it.
+elsewhere (forgetting).
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from ftcourse.batching import pad_batch
 from ftcourse.chat import tokenize_example
+from ftcourse.data import count_rows
 from ftcourse.evaluate import TaskScore, forgetting, score_task
-from ftcourse.ledger import results_dir
 from ftcourse.memory import Setup, estimate, measure_training_step, stored_bytes
 from ftcourse.methods import count_trainable, get_method, saved_megabytes
+from ftcourse.params import REAL_MODELS, flops_per_token
+from ftcourse.profiles import Profile, get_profile
 from ftcourse.sft import finetune
 from ftcourse.train import TrainConfig, TrainResult
 
@@ -72,6 +73,48 @@ def fine_tune_all(base: nn.Module, tokenizer: Any, train_rows: Any, test_rows: S
         lost = forgetting(model, tokenizer, held_out, probes) if held_out is not None else {}
         trained[name] = Trained(run.method, model, result, score_task(model, tokenizer, test_rows), lost)
     return trained
+
+
+SUSTAINED_TFLOPS = 100.0   # assumed for time estimates: about a third of an A100's bf16 peak
+
+
+def preview_runs(runs: Mapping[str, tuple[str, Run]], profile: str | Profile = "gpu",
+                 rows_per_example: Mapping[str, int] | None = None) -> Any:
+    """What a chapter's runs would cost on `profile` (a GPU one), computed without a download:
+    training rows, optimizer steps, the memory model's peak with every sequence as long as the
+    profile allows (NaN for methods it counts on a model only: IA3, adapters), and an upper bound
+    on compute and on time at SUSTAINED_TFLOPS.
+
+    Args:
+        runs: {name: (task, Run)}.
+        rows_per_example: {name: 2} for preference pairs (a chosen and a rejected row each).
+    """
+    import pandas as pd
+
+    profile = get_profile(profile)
+    if profile.shape is None:
+        raise ValueError(f"Profile {profile.name!r} names no model shape (ftcourse.params.REAL_MODELS) "
+                         "to compute with; preview a GPU profile such as 'gpu'.")
+    config = REAL_MODELS[profile.shape]
+    precision = "bf16" if profile.dtype != "float32" else "fp32"
+    per_token = flops_per_token(config, profile.max_seq_len)["train_step"]
+    table = {}
+    for name, (task, run) in runs.items():
+        train_rows = count_rows(task, profile)
+        steps = run.config.total_steps(train_rows)
+        batch = run.config.batch_size * (rows_per_example or {}).get(name, 1)
+        tokens = steps * run.config.grad_accum_steps * batch * profile.max_seq_len
+        setup = Setup(method=run.method, precision=precision, batch_size=batch, seq_len=profile.max_seq_len)
+        try:
+            peak = estimate(config, setup).peak / 1e9
+        except ValueError:       # IA3 and adapters are counted on a model with them applied only
+            peak = float("nan")
+        table[name] = {"task": task, "train rows": train_rows, "steps": steps,
+                       "peak GB (memory model)": peak,
+                       "PFLOP (at most)": per_token * tokens / 1e15,
+                       "minutes (at most)": per_token * tokens / (SUSTAINED_TFLOPS * 1e12) / 60}
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis(
+        f"on {profile.name}: {profile.shape}, {profile.dtype}, rows of up to {profile.max_seq_len} tokens")
 
 
 def method_table(trained: Mapping[str, Trained], base: nn.Module, *, probe: dict[str, Tensor] | None = None,
@@ -135,11 +178,3 @@ def memory_table(base: nn.Module, methods: Mapping[str, Any], probe: dict[str, T
     table["predicted / measured"] = table["predicted MB"] / table["measured MB"]
     return table
 
-
-def save_results(table: Any, name: str) -> Path:
-    """Write a results table as `<results folder>/<name>.csv` (`ftcourse.ledger.results_dir`), the
-    index as its first column, for the pages that read what the chapters measured."""
-    path = results_dir() / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.reset_index(names=table.index.name or "method").to_csv(path, index=False)
-    return path

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ftcourse.batching import default_device
+from ftcourse.chat import CHATML_TEMPLATE, CHATML_TOKENS, assistant_turn_end
 from ftcourse.profiles import Profile, get_profile
 
 EMBEDDED_MODEL = Path(__file__).parent / "assets" / "tiny-llama"
@@ -70,9 +72,15 @@ def load_base(name_or_path: str | None = None, *, profile: str | Profile | None 
             f"hub ({reason}). Download it once with network access (`huggingface-cli download "
             f"{source}`), pass the path of a local copy, or use the tiny profile, which needs no "
             "download.") from err
+    ensure_chat_format(model, tokenizer)
     ensure_distinct_pad(model, tokenizer)
-    model.eval()
-    return model, tokenizer
+    return model.to(default_device()).eval(), tokenizer
+
+
+def model_label(model: Any) -> str:
+    """A short name for tables: "ftcourse tiny" for the embedded model, else the hub id or folder name."""
+    source = Path(getattr(model, "name_or_path", "") or "model")
+    return "ftcourse tiny" if source == EMBEDDED_MODEL else str(source).rstrip("/").split("/")[-1]
 
 
 def _require_safetensors(source: str) -> None:
@@ -88,6 +96,36 @@ def _require_safetensors(source: str) -> None:
                              "new_folder, safe_serialization=True).")
         raise FileNotFoundError(f"Model folder {folder} has no *.safetensors weights; point to a folder "
                                 "written by save_pretrained.")
+
+
+def ensure_chat_format(model: Any, tokenizer: Any) -> None:
+    """Give the tokenizer a chat template whose assistant turns end with its EOS token.
+
+    A base model's tokenizer may have no template (it gets ChatML, with its two tokens added if
+    new), or one whose turns end with another token than EOS, as SmolLM2's ChatML `<|im_end|>`
+    while EOS is `<|endoftext|>`: that token becomes EOS, so SFT teaches the model to emit it and
+    generation stops there.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", "") or "The tokenizer"
+        warnings.warn(f"{name} has no chat template (a base model); using ChatML, whose <|im_start|> "
+                      "and <|im_end|> are added if new.", stacklevel=2)
+        if tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_TOKENS)},
+                                        replace_extra_special_tokens=False):
+            model.resize_token_embeddings(len(tokenizer))
+        tokenizer.chat_template = CHATML_TEMPLATE
+    end = assistant_turn_end(tokenizer)
+    if end is None:
+        raise ValueError("The chat template ends an assistant turn with no special token, so a fine-tuned "
+                         "model cannot learn where to stop. Set tokenizer.chat_template to one that does "
+                         "(e.g. ftcourse.chat.CHATML_TEMPLATE).")
+    if end != tokenizer.eos_token:
+        warnings.warn(f"The chat template ends an assistant turn with {end!r}, not EOS "
+                      f"{tokenizer.eos_token!r} (a base model's tokenizer); using {end!r} as EOS, so "
+                      "generation stops after a turn.", stacklevel=2)
+        tokenizer.eos_token = end
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
 def ensure_distinct_pad(model: Any, tokenizer: Any, pad_token: str = "<pad>") -> None:

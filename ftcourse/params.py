@@ -19,6 +19,10 @@ REAL_MODELS: dict[str, dict[str, Any]] = {
     "SmolLM2-135M": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
                          published=134_515_008),
+    # The GPU profile's base model; its hub page gives 362M parameters (rounded).
+    "SmolLM2-360M": dict(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, tie_word_embeddings=True,
+                         published=362_000_000),
     "Qwen2.5-0.5B": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
                          qkv_bias=True, published=494_032_768),

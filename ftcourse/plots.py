@@ -113,17 +113,18 @@ def plot_parameter_shares(counts: Mapping[str, Any], ax: Any = None):
     return ax
 
 
-def plot_attention(attentions: Sequence[Any], title: str = ""):
-    """A grid of heat maps, one per (layer, head), of attention weights (layers of (1, H, T, T))."""
+def plot_attention(attentions: Sequence[Any], title: str = "", max_layers: int = 4, max_heads: int = 4):
+    """A grid of heat maps, one per (layer, head), of attention weights (layers of (1, H, T, T)):
+    the first `max_layers` layers and `max_heads` heads (a real model has hundreds)."""
     import matplotlib.pyplot as plt
 
-    layers, heads = len(attentions), attentions[0].shape[1]
+    layers, heads = min(len(attentions), max_layers), min(attentions[0].shape[1], max_heads)
     fig, axes = plt.subplots(layers, heads, figsize=(2.2 * heads, 2.2 * layers), layout="constrained",
                              squeeze=False)
     for layer in range(layers):
         for head in range(heads):
             ax = axes[layer][head]
-            ax.imshow(attentions[layer][0, head].float().numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.imshow(attentions[layer][0, head].float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"layer {layer} head {head}", fontsize=8)

@@ -29,15 +29,21 @@ class Profile:
     max_seq_len: int
     description: str
     data_dir: str | None = None   # local copies of the hub datasets (None: the hub and its cache)
+    shape: str | None = None      # the model's entry in ftcourse.params.REAL_MODELS, for predictions
+    # The chapters' learning rates were tuned on the tiny model; a run on this profile multiplies
+    # them by this (a larger model wants smaller steps: full fine-tuning of SmolLM2-360M ~3e-5).
+    lr_scale: float = 1.0
 
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", "embedded", "synthetic", "float32", 32, 256,
                     "the embedded pretrained tiny Llama and the synthetic world, fp32 on the CPU"),
-    "gpu": Profile("gpu", "HuggingFaceTB/SmolLM2-360M-Instruct", "hub", "bfloat16", 16, 1024,
-                   "a real small model from the hub and real public datasets, bf16 on one GPU"),
+    "gpu": Profile("gpu", "HuggingFaceTB/SmolLM2-360M", "hub", "bfloat16", 16, 1024,
+                   "a real small base model from the hub and real public datasets, bf16 on one GPU",
+                   shape="SmolLM2-360M", lr_scale=0.03),
     "gpu-large": Profile("gpu-large", "meta-llama/Llama-3.1-8B", "hub", "bfloat16", 4, 2048,
-                         "a 7B-class model for QLoRA on one GPU, bf16 compute"),
+                         "a 7B-class model for QLoRA on one GPU, bf16 compute", shape="Llama-3-8B",
+                         lr_scale=0.01),
 }
 DEFAULT_PROFILE = "tiny"
 

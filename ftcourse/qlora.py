@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse._surgery import freeze, match_modules, replace_modules
+from ftcourse.batching import default_device
 from ftcourse.lora import LoRA, LoRALinear, lora_layers, lora_state_dict
-from ftcourse.models import DTYPES, ensure_distinct_pad, resolve_model_path
+from ftcourse.models import DTYPES, ensure_chat_format, ensure_distinct_pad, resolve_model_path
 from ftcourse.profiles import get_profile
 from ftcourse.quant import (
     CODES,
@@ -223,10 +224,10 @@ def load_4bit(config: QLoRA, name_or_path: str | None = None) -> tuple[Any, Any]
 
 
     source = resolve_model_path(name_or_path or get_profile().base_model)
-    device_map = "auto" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, quantization_config=config.to_bnb_config(),
-                                                 device_map=device_map, use_safetensors=True)
+                                                 device_map={"": default_device()}, use_safetensors=True)
+    ensure_chat_format(model, tokenizer)
     ensure_distinct_pad(model, tokenizer)
     return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 

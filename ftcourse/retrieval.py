@@ -86,10 +86,22 @@ def statement_prompt(question: str) -> str:
                      "world's questions (ftcourse.data.world.QUESTIONS) only.")
 
 
-def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int = 0) -> tuple[dict, dict]:
+def engineered_prompt(question: str) -> str:
+    """The ladder's prompt-engineering rung: a question about the synthetic world as the start of
+    its pretraining sentence (`statement_prompt`), any other question (a public dataset's, on the
+    GPU profiles) as "<question>\\nAnswer:", the framing base models read in web text."""
+    try:
+        return statement_prompt(question)
+    except ValueError:
+        return f"{question.strip()}\nAnswer:"
+
+
+def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int = 0,
+                 lr_scale: float = 1.0) -> tuple[dict, dict]:
     """Score every rung of the decision ladder on one task: the plain question, three solved
     examples first, a prompt in the words of the pretraining text, RAG with the top 2 passages,
-    then LoRA (all linear layers, r=8) and full fine-tuning (4 epochs each).
+    then LoRA (all linear layers, r=8) and full fine-tuning (4 epochs each, at the tiny model's
+    learning rates times `lr_scale`: a profile's `lr_scale` for a larger model).
 
     Returns ({rung: TaskScore}, {rung: fine-tuned model}) for the two trained rungs.
     """
@@ -98,8 +110,8 @@ def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int 
 
     test, shots = list(splits["test"]), list(splits["train"])[:3]
     prompted = {"few-shot": lambda row: few_shot_prompt(row["instruction"], shots),
-                "prompt engineering": lambda row: statement_prompt(row["instruction"]),
-                "RAG": lambda row: rag_prompt(statement_prompt(row["instruction"]),
+                "prompt engineering": lambda row: engineered_prompt(row["instruction"]),
+                "RAG": lambda row: rag_prompt(engineered_prompt(row["instruction"]),
                                               index.search(row["instruction"], k=2))}
     rungs = {"question": score_task(base, tokenizer, test)}
     rungs |= {rung: score_task(base, tokenizer, test, max_new_tokens=8, prompt=prompt)
@@ -108,6 +120,7 @@ def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int 
     for rung, (method, lr) in {"LoRA": (LoRA(r=8, alpha=16, targets="all-linear"), 1e-2),
                                "full fine-tuning": ("full", 1e-3)}.items():
         trained[rung], _ = finetune(copy.deepcopy(base), tokenizer, splits["train"], method,
-                                    TrainConfig(epochs=4, lr=lr, batch_size=16, seed=seed), progress=False)
+                                    TrainConfig(epochs=4, lr=lr * lr_scale, batch_size=16, seed=seed),
+                                    progress=False)
         rungs[rung] = score_task(trained[rung], tokenizer, test)
     return rungs, trained

@@ -102,11 +102,12 @@ def reward_margins(model: RewardModel, tokenizer: Any, pairs: Any, batch_size: i
 
 def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int,
                     batch_size: int = 64) -> Tensor:
-    """The reward of each token sequence (prompt + answer), read at its last token."""
+    """The reward of each token sequence (prompt + answer), read at its last token; on the CPU,
+    whatever the model's device, like every score ftcourse returns."""
     examples = [{"input_ids": sequence} for sequence in sequences]
     collate = partial(pad_batch, pad_id=pad_id)
     with evaluating(model):
-        return torch.cat([model(batch["input_ids"], batch["attention_mask"])
+        return torch.cat([model(batch["input_ids"], batch["attention_mask"]).cpu()
                           for batch in batches(model, examples, batch_size, collate)])
 
 

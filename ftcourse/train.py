@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ftcourse.batching import (
     LossFn,
     causal_lm_loss,
+    default_device,
     evaluating,
     pad_batch,
     pad_id_of,
@@ -177,7 +178,7 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     require_within_positions(model, data)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=default_device().type == "cpu")
     _warn_if_fsdp_is_off(accelerator)
     torch.manual_seed(config.seed)
     collate = collate or partial(pad_batch, pad_id=pad_id_of(model))

@@ -215,13 +215,14 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model: Any) -> Transformer:
-        """A copy of a transformers `LlamaForCausalLM` (weights included) in this code."""
+        """A copy of a transformers `LlamaForCausalLM` (weights included) in this code, on its device."""
         model = cls(TransformerConfig.from_hf(hf_model.config))
         state = {k: v for k, v in hf_model.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
         if model.config.tie_embeddings:
             state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
         model.load_state_dict(state, strict=True)
-        return model.to(next(hf_model.parameters()).dtype)
+        weight = next(hf_model.parameters())
+        return model.to(device=weight.device, dtype=weight.dtype)
 
 
 @contextmanager

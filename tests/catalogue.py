@@ -306,6 +306,15 @@ def tokenizer_without_chat_template(scratch):
     tokenize_example(tok, "2 + 2?", "4")
 
 
+@bad_input("format", "a chat template whose assistant turn ends with no special token", ValueError,
+           "ends an assistant turn with no special token", "ftcourse.chat.CHATML_TEMPLATE")
+def chat_template_without_turn_end(scratch):
+    from ftcourse.models import ensure_chat_format
+    tok = tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    ensure_chat_format(small_llama(), tok)
+
+
 @bad_input("format", "a pad token equal to EOS", UserWarning, "equals EOS", "EOS stays a label")
 def pad_equals_eos(scratch):
     from ftcourse.models import ensure_distinct_pad
@@ -366,6 +375,30 @@ def packing_empty_example(scratch):
 def unknown_profile(scratch):
     from ftcourse.profiles import get_profile
     get_profile("huge")
+
+
+@bad_input("config", "an FTCOURSE_DTYPE that is no dtype", ValueError,
+           "FTCOURSE_DTYPE must be float32, bfloat16 or float16, got 'fp8'")
+def profile_dtype_unknown(scratch):
+    from ftcourse.profiles import get_profile
+    with mock.patch.dict(os.environ, {"FTCOURSE_DTYPE": "fp8"}):
+        get_profile("gpu")
+
+
+@bad_input("data", "FTCOURSE_DATA_DIR without the local copy of a hub dataset", FileNotFoundError,
+           "yahma--alpaca-cleaned.jsonl is missing", "ftcourse download --profile gpu --to DIR")
+def hub_local_copy_missing(scratch):
+    from ftcourse.data.hub import load_hub_task
+    load_hub_task("instructions", scratch)
+
+
+@bad_input("data", "a local copy of a hub dataset without the hub's columns", ValueError,
+           "has no column(s) ['id', 'title']", "must keep the hub's columns")
+def hub_local_copy_wrong_columns(scratch):
+    from ftcourse.data.hub import load_hub_task
+    write(scratch / "rajpurkar--squad.jsonl",
+          '{"context": "Ann lives in Pelmora.", "question": "Where?", "answers": {"text": ["Pelmora"]}}\n')
+    load_hub_task("qa", scratch)
 
 
 @bad_input("config", "an unknown method", ValueError, "Unknown method 'lora2'", "available methods: full")

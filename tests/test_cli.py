@@ -103,6 +103,70 @@ def test_doctor_reports_the_hub_offline_or_online(monkeypatch):
     assert check_hub_offline().value == "online" and check_hub_offline().ok   # informational
 
 
+@pytest.fixture
+def empty_caches(monkeypatch, tmp_path):
+    """Empty Hugging Face caches (hub and datasets), whatever this machine has downloaded."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    for variable in ("FTCOURSE_MODEL", "FTCOURSE_DATA_DIR", "FTCOURSE_DTYPE"):
+        monkeypatch.delenv(variable, raising=False)
+    return tmp_path
+
+
+def test_doctor_on_the_gpu_profile_with_nothing_downloaded_says_what_to_do(monkeypatch, capsys, empty_caches):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("FTCOURSE_PROFILE", "gpu")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^BAD profile device +no CUDA GPU .*FTCOURSE_PROFILE=tiny", out, re.MULTILINE)
+    assert re.search(r"^BAD profile model +HuggingFaceTB/SmolLM2-360M +not downloaded: .*"
+                     r"ftcourse download --profile gpu --to DIR", out, re.MULTILINE)
+    assert re.search(r"^BAD profile datasets +0 of 5 +missing from the Hugging Face cache: "
+                     r"yahma/alpaca-cleaned", out, re.MULTILINE)
+    # Without the model, the memory prediction comes from the model's published shape.
+    assert re.search(r"^ok  profile memory +\d+\.\d GB predicted", out, re.MULTILINE)
+
+
+def test_doctor_passes_a_gpu_profile_run_from_local_copies(monkeypatch, empty_caches, tiny_llama):
+    from ftcourse.data.hub import HUB_TASKS, local_file
+    from ftcourse.doctor import check_profile
+    from ftcourse.profiles import get_profile
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_profile(get_profile("tiny")) == []          # the tiny profile needs nothing of this
+    tiny_llama.save_pretrained(empty_caches / "model")
+    for task in HUB_TASKS.values():
+        local_file(task, empty_caches / "data").parent.mkdir(exist_ok=True)
+        local_file(task, empty_caches / "data").write_text("{}\n")
+    monkeypatch.setenv("FTCOURSE_MODEL", str(empty_caches / "model"))
+    monkeypatch.setenv("FTCOURSE_DATA_DIR", str(empty_caches / "data"))
+    monkeypatch.setenv("FTCOURSE_DTYPE", "float32")          # the GPU path's code on this CPU
+    checks = check_profile(get_profile("gpu"))
+    names = [f"profile {what}" for what in ("device", "model", "datasets", "memory")]
+    assert [c.name for c in checks] == names
+    assert all(c.ok for c in checks), checks
+
+
+def test_doctor_flags_a_gpu_without_bfloat16_and_a_run_that_does_not_fit(monkeypatch, empty_caches):
+    from types import SimpleNamespace
+
+    from ftcourse.doctor import check_profile
+    from ftcourse.profiles import get_profile
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *args: SimpleNamespace(total_memory=16e9))
+    checks = {c.name: c for c in check_profile(get_profile("gpu"))}
+    assert not checks["bfloat16"].ok and "FTCOURSE_DTYPE=float32" in checks["bfloat16"].note
+    memory = checks["profile memory"]
+    assert not memory.ok and memory.value.endswith("of 16 GB") and "gradient checkpointing" in memory.note
+
+
 def test_finetune_refuses_a_run_that_cannot_fit_before_scoring_or_training(monkeypatch, capsys, base):
     import ftcourse.memory.plan
     from ftcourse.data import load_task

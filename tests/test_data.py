@@ -176,18 +176,14 @@ def test_a_local_copy_reads_as_the_hub_does(monkeypatch, tmp_path):
     """`ftcourse download` writes each dataset's rows with the hub's columns; read back from
     FTCOURSE_DATA_DIR they give the same splits as the hub, through the same mapping."""
     import datasets
+    from hub_fixture import hub_rows
 
     from ftcourse.cli import main
-    from ftcourse.data.hub import HUB_TASKS, load_hub_task
+    from ftcourse.data.hub import HUB_TASKS, load_hub_task, local_file, split_sizes
 
-    raw = {task.repo: datasets.Dataset.from_list(rows) for task, rows in zip(HUB_TASKS.values(), [
-        [{"instruction": f"Task {i}", "input": "", "output": f"answer {i}"} for i in range(40)],
-        [{"context": f"Text {i}.", "question": f"What {i}?", "answers": {"text": [f"a{i}"]}}
-         for i in range(40)],
-        [{"question": f"{i} plus 1?", "answer": f"so #### {i + 1}"} for i in range(40)],
-        [{"text": f"Story {i}", "label": i % 4} for i in range(40)],
-        [{"system": "", "question": f"Q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}
-         for i in range(40)]])}
+    rows = hub_rows()               # each dataset's own columns
+    raw = {task.repo: datasets.Dataset.from_list(rows[local_file(task, ".").stem])
+           for task in HUB_TASKS.values()}
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, *args, **kwargs: raw[repo])
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *args, **kwargs: None)
     assert main(["download", "--profile", "gpu", "--to", str(tmp_path)]) == 0
@@ -199,6 +195,20 @@ def test_a_local_copy_reads_as_the_hub_does(monkeypatch, tmp_path):
         local = load_hub_task(name, tmp_path / "data")
         assert {split: list(rows) for split, rows in local.items()} == \
             {split: list(rows) for split, rows in from_hub.items()}, name
+        # count_rows predicts the splits from a dataset's size alone (the fixture has no duplicates)
+        assert {split: len(rows) for split, rows in local.items()} == split_sizes(len(rows[local_file(
+            HUB_TASKS[name], ".").stem])), name
+
+
+def test_the_hub_fixture_has_exactly_each_hub_datasets_columns():
+    from hub_fixture import hub_rows
+
+    from ftcourse.data.hub import HUB_TASKS, local_file
+
+    rows = hub_rows()
+    for task in HUB_TASKS.values():
+        name = local_file(task, ".").stem
+        assert {tuple(sorted(row)) for row in rows[name]} == {tuple(sorted(task.columns))}, name
 
 
 def test_a_missing_local_copy_says_how_to_make_it(tmp_path):

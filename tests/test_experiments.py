@@ -7,7 +7,7 @@ import pytest
 from ftcourse.data import default_world, load_task
 from ftcourse.data.world import recall_probes
 from ftcourse.evaluate import forgetting
-from ftcourse.experiments import Run, fine_tune_all, memory_table, method_table, probe_batch, save_results
+from ftcourse.experiments import Run, fine_tune_all, memory_table, method_table, probe_batch
 from ftcourse.lora import LoRA
 from ftcourse.methods import count_trainable
 from ftcourse.sft import finetune
@@ -64,9 +64,29 @@ def test_memory_table_sets_the_model_against_the_profiler(base, experiment):
     assert (abs(table["predicted / measured"] - 1) < 0.15).all()
 
 
-def test_results_go_to_the_results_folder(monkeypatch, tmp_path):
-    import pandas as pd
 
-    monkeypatch.setenv("FTCOURSE_RESULTS", str(tmp_path))
-    path = save_results(pd.DataFrame({"score": [0.5]}, index=["LoRA"]), "methods")
-    assert path == tmp_path / "methods.csv" and path.read_text().splitlines()[0] == "method,score"
+def test_a_preview_computes_a_gpu_run_without_downloading_anything():
+    from ftcourse.data import count_rows
+    from ftcourse.experiments import preview_runs
+    from ftcourse.memory import Setup, estimate
+    from ftcourse.params import REAL_MODELS, flops_per_token
+
+    runs = {"full": ("qa", Run("full", TrainConfig(epochs=4, batch_size=16))),
+            "DPO": ("preferences", Run("full", TrainConfig(max_steps=100, batch_size=8)))}
+    table = preview_runs(runs, "gpu", rows_per_example={"DPO": 2})
+    smollm = REAL_MODELS["SmolLM2-360M"]
+    full = table.loc["full"]
+    assert (full["train rows"], full["steps"]) == (count_rows("qa", "gpu"), 4 * 3000 // 16) == (3000, 750)
+    assert full["peak GB (memory model)"] == estimate(smollm, Setup(precision="bf16", batch_size=16,
+                                                                     seq_len=1024)).peak / 1e9
+    assert full["PFLOP (at most)"] == flops_per_token(smollm, 1024)["train_step"] * 750 * 16 * 1024 / 1e15
+    dpo = table.loc["DPO"]
+    assert dpo["steps"] == 100 and dpo["peak GB (memory model)"] == estimate(
+        smollm, Setup(precision="bf16", batch_size=16, seq_len=1024)).peak / 1e9
+    with pytest.raises(ValueError, match="names no model shape"):
+        preview_runs(runs, "tiny")
+    from ftcourse.adapters import IA3
+
+    # IA3 is counted on a model with it applied only: no peak from a config alone
+    ia3 = preview_runs({"IA3": ("routing", Run(IA3(), TrainConfig(max_steps=10, batch_size=8)))}).loc["IA3"]
+    assert math.isnan(ia3["peak GB (memory model)"]) and ia3["steps"] == 10

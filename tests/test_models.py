@@ -64,3 +64,50 @@ def test_pad_equal_to_eos_is_replaced_by_a_new_token(tiny_llama, base):
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert tiny_llama.config.pad_token_id == tokenizer.pad_token_id
     assert tiny_llama.get_input_embeddings().weight.shape[0] == size + 1
+
+
+@pytest.fixture
+def base_model_folder(tmp_path):
+    """A base model as SmolLM2's ships: ChatML turns end with <|im_end|>, EOS is <|endoftext|>, no pad."""
+    from hub_fixture import make_model, train_tokenizer
+
+    tokenizer = train_tokenizer(["Where does Ann live? In Pelmora.", "2 plus 3 is 5."] * 20, vocab_size=300)
+    make_model(tokenizer, seed=0).save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_a_base_models_turn_end_becomes_eos_so_fine_tuning_learns_to_stop(base_model_folder):
+    from ftcourse.chat import tokenize_example
+    from ftcourse.models import model_label
+
+    turn_end = "ends an assistant turn with '<\\|im_end\\|>', not EOS '<\\|endoftext\\|>'"
+    with pytest.warns(UserWarning, match=turn_end):
+        model, tokenizer = load_base(str(base_model_folder))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token_id == end == model.generation_config.eos_token_id
+    example = tokenize_example(tokenizer, "Where does Ann live?", "In Pelmora.")
+    learned = [t for t in example["labels"] if t != -100]
+    assert end in learned and tokenizer.decode(learned).startswith("In Pelmora.<|im_end|>")
+    assert tokenizer.pad_token_id not in (end, tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    assert model_label(model) == base_model_folder.name and model_label(load_base()[0]) == "ftcourse tiny"
+
+
+def test_a_tokenizer_without_a_chat_template_gets_chatml(base_model_folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftcourse.chat import CHATML_TEMPLATE
+    from ftcourse.models import ensure_chat_format
+
+    model = AutoModelForCausalLM.from_pretrained(base_model_folder)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_folder)
+    tokenizer.chat_template = None
+    with pytest.warns(UserWarning, match="has no chat template"):
+        ensure_chat_format(model, tokenizer)
+    assert tokenizer.chat_template == CHATML_TEMPLATE and tokenizer.eos_token == "<|im_end|>"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"   # nothing ends a turn
+    with pytest.raises(ValueError, match="ends an assistant turn with no special token"):
+        ensure_chat_format(model, tokenizer)

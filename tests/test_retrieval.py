@@ -64,6 +64,14 @@ def test_statement_prompt_rewrites_every_question_template():
         statement_prompt("How tall is Ann?")
 
 
+def test_the_prompt_engineering_rung_frames_any_other_question_for_a_base_model():
+    from ftcourse.retrieval import engineered_prompt
+
+    assert engineered_prompt("What is the job of Kalo Torsel?") == "Kalo Torsel works as a"
+    framed = engineered_prompt("Context.\n\nQuestion: How tall is Ann? ")
+    assert framed == "Context.\n\nQuestion: How tall is Ann?\nAnswer:"
+
+
 def test_climb_ladder_scores_every_rung_and_returns_the_trained_models(base):
     from ftcourse.data import load_task
     from ftcourse.evaluate import score_task

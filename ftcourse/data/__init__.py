@@ -5,7 +5,7 @@ same fields whichever profile supplies it, so a chapter's code never asks where 
 
 | task | fields | what it teaches |
 |---|---|---|
-| instructions | instruction, response, task | SFT: qa + arithmetic + reverse + describe |
+| instructions | instruction, response, task | SFT: qa + arithmetic + reverse + describe (+ alpaca, hub) |
 | qa, arithmetic, reverse, describe | instruction, response, task | one instruction task alone |
 | routing | text, label, instruction, response | classification into four teams |
 | preferences | prompt, chosen, rejected, kind | reward models, DPO |
@@ -18,7 +18,7 @@ from functools import cache
 
 from ftcourse.data.checks import require_disjoint, require_fields
 from ftcourse.data.files import read_rows, split_rows
-from ftcourse.data.hub import HUB_TASKS, load_hub_task
+from ftcourse.data.hub import HUB_TASKS, load_hub_task, split_sizes
 from ftcourse.data.tasks import (
     PROMPT_FIELD,
     SPLITS,
@@ -38,6 +38,8 @@ from ftcourse.profiles import Profile, get_profile
 WORLD_SEED = 0
 NUM_PEOPLE = 128
 NUM_NEWCOMERS = 24
+# The tasks of the instruction data, each labelled in its `task` field, on every profile.
+INSTRUCTION_TASKS = ("qa", "arithmetic", "reverse", "describe")
 
 
 @cache
@@ -60,7 +62,7 @@ def synthetic_rows(name: str, world: World | None = None) -> dict[str, list[dict
         "newfacts": lambda: newcomer_facts(world),
     }
     if name == "instructions":
-        parts = [synthetic_rows(task, world) for task in ("qa", "arithmetic", "reverse", "describe")]
+        parts = [synthetic_rows(task, world) for task in INSTRUCTION_TASKS]
         return {split: [row for part in parts for row in part[split]] for split in SPLITS}
     _check_task(name)
     return makers[name]()
@@ -72,6 +74,11 @@ def load_task(name: str, profile: str | Profile | None = None, world: World | No
 
     _check_task(name)
     profile = get_profile(profile)
+    if profile.data == "hub" and name == "instructions":   # each task by the same name, and Alpaca
+        parts = [load_task(task, profile, world) for task in INSTRUCTION_TASKS]
+        parts.append(load_hub_task(name, profile.data_dir))
+        return datasets.DatasetDict({split: datasets.concatenate_datasets([part[split] for part in parts])
+                                     for split in SPLITS})
     if profile.data == "hub" and name in HUB_TASKS:   # the others stay synthetic on every profile
         return load_hub_task(name, profile.data_dir)
     rows = synthetic_rows(name, world)
@@ -82,10 +89,23 @@ def load_task(name: str, profile: str | Profile | None = None, world: World | No
     return splits
 
 
+def count_rows(name: str, profile: str | Profile | None = None, split: str = "train") -> int:
+    """Rows of a task's split on `profile`, counted without loading or downloading a hub dataset
+    (its published size, before duplicates are dropped): what a GPU run will train on."""
+    _check_task(name)
+    profile = get_profile(profile)
+    if profile.data == "hub" and name == "instructions":
+        return sum(count_rows(task, profile, split) for task in INSTRUCTION_TASKS) + \
+            split_sizes(HUB_TASKS[name].rows)[split]
+    if profile.data == "hub" and name in HUB_TASKS:
+        return split_sizes(HUB_TASKS[name].rows)[split]
+    return len(synthetic_rows(name)[split])
+
+
 def _check_task(name: str) -> None:
     if name not in TASK_FIELDS:
         raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_FIELDS)}.")
 
 
-__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "default_world", "load_task", "make_world",
+__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "count_rows", "default_world", "load_task", "make_world",
            "read_rows", "require_disjoint", "require_fields", "split_rows", "synthetic_rows"]

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-TASK_METRICS = {"describe": "rouge_l"}  # every other task is scored by exact match
+# Open-ended answers are scored by ROUGE-L; every other task by exact match.
+TASK_METRICS = {"describe": "rouge_l", "alpaca": "rouge_l"}
 
 
 def normalize(text: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ftcourse.batching import causal_lm_loss, model_device
+from ftcourse.batching import causal_lm_loss, default_device, model_device
 from ftcourse.train import TrainConfig, make_optimizer
 
 # The order of torch.profiler's memory timeline columns (after its leading placeholder).
@@ -26,10 +26,12 @@ CATEGORIES = ("parameters", "optimizer_state", "inputs", "temporary", "activatio
               "autograd_detail", "unknown")
 
 
-def measure_peak(run: Callable[[], Any], device: str = "cpu") -> dict[str, int]:
-    """Bytes by category at the moment `run()` holds the most memory on `device`, and the total."""
+def measure_peak(run: Callable[[], Any], device: str | None = None) -> dict[str, int]:
+    """Bytes by category at the moment `run()` holds the most memory on `device` (default: where
+    ftcourse runs), and the total."""
     from torch.profiler import ProfilerActivity, profile
 
+    device = device or str(default_device())
     on_gpu = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     if on_gpu:

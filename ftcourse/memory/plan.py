@@ -16,15 +16,16 @@ from typing import Any
 
 import torch
 
-from ftcourse.batching import longest_sequence
+from ftcourse.batching import default_device, longest_sequence
 from ftcourse.memory.measure import stored_bytes
 from ftcourse.memory.model import GB, MemoryEstimate, Setup, estimate
 from ftcourse.params import config_value
 
 
-def available_memory(device: str | torch.device = "cpu") -> int:
-    """Bytes free now: on a GPU what the CUDA driver reports, on the CPU the kernel's MemAvailable."""
-    device = torch.device(device)
+def available_memory(device: str | torch.device | None = None) -> int:
+    """Bytes free now on `device` (default: where ftcourse runs): on a GPU what the CUDA driver
+    reports, on the CPU the kernel's MemAvailable."""
+    device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     meminfo = Path("/proc/meminfo")
@@ -89,8 +90,9 @@ class MemoryWarning(UserWarning):
     """A run is predicted not to fit in memory."""
 
 
-def preflight(model: Any, setup: Setup, available: int | None = None, device: str | torch.device = "cpu",
-              *, refuse: bool = False, flags: Mapping[str, str] | None = None) -> MemoryEstimate:
+def preflight(model: Any, setup: Setup, available: int | None = None,
+              device: str | torch.device | None = None, *, refuse: bool = False,
+              flags: Mapping[str, str] | None = None) -> MemoryEstimate:
     """Estimate a run before it starts; when the predicted peak exceeds the memory available on
     `device` (or `available` bytes), warn (`MemoryWarning`), or with `refuse=True` raise `WontFit`.
     Either way the message holds the breakdown and what would help (`flags`: see `suggestions`)."""
@@ -111,11 +113,6 @@ def training_precision(model: Any) -> str:
         return "bf16-mixed"
     dtype = next(model.parameters()).dtype if hasattr(model, "parameters") else torch.float32
     return "fp32" if dtype in (torch.float32, torch.float64) else "bf16"
-
-
-def training_device() -> str:
-    """The device ftcourse.train's Accelerator will pick."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def with_method_applied(model: Any, method: Any) -> Any:
@@ -153,8 +150,8 @@ def plan_run(model: Any, examples: Sequence[dict[str, Any]], config: Any, *, met
                   padding=len(set(lengths)) > 1,
                   gradient_checkpointing=bool(getattr(getattr(model, "base_model", model),
                                                       "is_activation_checkpointing", False)))
-    device = training_device()
+    device = default_device()
     # On the CPU the loaded weights are already gone from MemAvailable, yet the estimate counts them.
-    available = available_memory(device) + (stored_bytes(model) if device == "cpu" else 0)
+    available = available_memory(device) + (stored_bytes(model) if device.type == "cpu" else 0)
     subject = model if method is None else with_method_applied(model, method)
     return preflight(subject, setup, available, device, refuse=refuse, flags=flags)
