@@ -63,15 +63,20 @@ def check_chat(chat: Sequence[dict[str, str]], where: str = "the chat") -> None:
                          "(a greeting can go in a system message), as chat models are trained.")
 
 
+def special_tokens(tokenizer: Any) -> set[str]:
+    """The texts the tokenizer reads as special tokens. Added tokens that are not special (some
+    tokenizers add runs of spaces) decode to their own text, so they are left out."""
+    return set(tokenizer.all_special_tokens) | {token.content for token in
+                                                tokenizer.added_tokens_decoder.values() if token.special}
+
+
 def check_no_special_text(tokenizer: Any, chat: Sequence[dict[str, str]], where: str = "the chat") -> None:
     """Raise ValueError if a turn's text spells a special token, such as '<eos>' or '<|user|>'.
 
     The tokenizer would read it as that token: an EOS mid-answer teaches the model to stop there,
     a role token fakes a turn that is not there.
     """
-    # Added tokens that are not special (some tokenizers add runs of spaces) decode to their own text.
-    specials = set(tokenizer.all_special_tokens) | {token.content for token in
-                                                     tokenizer.added_tokens_decoder.values() if token.special}
+    specials = special_tokens(tokenizer)
     for index, message in enumerate(chat):
         if found := sorted(token for token in specials if token in message["content"]):
             raise ValueError(f"{where}, message {index} ({message['role']}): the text contains {found[0]!r}, "
@@ -95,9 +100,8 @@ def assistant_turn_end(tokenizer: Any) -> str | None:
     marker = "ftcourse-end-of-answer"
     text = tokenizer.apply_chat_template(messages("?", marker), tokenize=False)
     after = text[text.index(marker) + len(marker):]
-    specials = set(tokenizer.all_special_tokens) | {token.content for token in
-                                                     tokenizer.added_tokens_decoder.values() if token.special}
-    return max((token for token in specials if after.startswith(token)), key=len, default=None)
+    ends = [token for token in special_tokens(tokenizer) if after.startswith(token)]
+    return max(ends, key=len, default=None)
 
 
 def prompt_ids(tokenizer: Any, instruction: str) -> list[int]:

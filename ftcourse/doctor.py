@@ -229,9 +229,6 @@ def check_hub_offline() -> Check:
 
 # ---------------------------------------------------------------- the selected profile
 
-GB = 1e9
-
-
 def check_profile(profile: Any) -> list[Check]:
     """What a GPU profile needs here: a GPU with bfloat16, the model and the datasets in the cache
     or a local copy, and memory for the chapters' largest run. The tiny profile needs none of it."""
@@ -318,7 +315,7 @@ def check_profile_memory(profile: Any) -> Check:
     batch and sequence length, against the GPU's memory."""
     import torch
 
-    from ftcourse.memory import Setup, estimate
+    from ftcourse.memory import GB, Setup, estimate, precision_of
     from ftcourse.params import REAL_MODELS
 
     config_file = model_config_file(profile.base_model)
@@ -330,8 +327,7 @@ def check_profile_memory(profile: Any) -> Check:
         config = REAL_MODELS[profile.shape]
     else:
         return Check("profile memory", "unknown", True, "the model's config is not here to predict from")
-    precision = "fp32" if profile.dtype == "float32" else "bf16"
-    peak = estimate(config, Setup(precision=precision, batch_size=profile.batch_size,
+    peak = estimate(config, Setup(precision=precision_of(profile.dtype), batch_size=profile.batch_size,
                                   seq_len=profile.max_seq_len)).peak
     run = f"full fine-tuning, AdamW, {profile.batch_size} x {profile.max_seq_len} tokens: {peak / GB:.1f} GB"
     if not torch.cuda.is_available():

@@ -21,7 +21,7 @@ from ftcourse.batching import pad_batch
 from ftcourse.chat import tokenize_example
 from ftcourse.data import count_rows
 from ftcourse.evaluate import TaskScore, forgetting, score_task
-from ftcourse.memory import Setup, estimate, measure_training_step, stored_bytes
+from ftcourse.memory import Setup, estimate, measure_training_step, precision_of, stored_bytes
 from ftcourse.methods import count_trainable, get_method, saved_megabytes
 from ftcourse.params import REAL_MODELS, flops_per_token
 from ftcourse.profiles import Profile, get_profile
@@ -96,7 +96,6 @@ def preview_runs(runs: Mapping[str, tuple[str, Run]], profile: str | Profile = "
         raise ValueError(f"Profile {profile.name!r} names no model shape (ftcourse.params.REAL_MODELS) "
                          "to compute with; preview a GPU profile such as 'gpu'.")
     config = REAL_MODELS[profile.shape]
-    precision = "bf16" if profile.dtype != "float32" else "fp32"
     per_token = flops_per_token(config, profile.max_seq_len)["train_step"]
     table = {}
     for name, (task, run) in runs.items():
@@ -104,7 +103,8 @@ def preview_runs(runs: Mapping[str, tuple[str, Run]], profile: str | Profile = "
         steps = run.config.total_steps(train_rows)
         batch = run.config.batch_size * (rows_per_example or {}).get(name, 1)
         tokens = steps * run.config.grad_accum_steps * batch * profile.max_seq_len
-        setup = Setup(method=run.method, precision=precision, batch_size=batch, seq_len=profile.max_seq_len)
+        setup = Setup(method=run.method, precision=precision_of(profile.dtype), batch_size=batch,
+                      seq_len=profile.max_seq_len)
         try:
             peak = estimate(config, setup).peak / 1e9
         except ValueError:       # IA3 and adapters are counted on a model with them applied only

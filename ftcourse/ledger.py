@@ -107,7 +107,7 @@ class Chapter:
         Raises AssertionError where the chapter was calibrated and the claim fails there.
         """
         holds = bool(holds)
-        path = self.folder / "checks.json"
+        path = self.folder / "checks.json"    # every chapter's checks on this profile, read afresh
         checks = json.loads(path.read_text()) if path.is_file() else {}
         checks[f"{self.name}: {claim}"] = {"chapter": self.name, "claim": claim, "holds": holds,
                                            "measured": str(measured)}
@@ -170,12 +170,12 @@ def load_results(folder: Path, *, complete: bool) -> dict[str, Result]:
     return found
 
 
-def profiles_run(profile: str | Profile | None = None, root: str | Path | None = None) -> list[str]:
-    """The profiles with results under `root`: `profile` (whose results must be there) first."""
+def profile_folders(profile: str | Profile | None = None, root: str | Path | None = None) -> list[Path]:
+    """The results folder of each profile that ran under `root`: `profile`'s (whose results must be
+    there) first."""
     home = results_dir(profile, root)
-    others = sorted(folder.name for folder in home.parent.glob("*/")
-                    if folder != home and (folder / "run.json").is_file())
-    return [home.name, *others]
+    return [home, *sorted(folder for folder in home.parent.glob("*/")
+                          if folder != home and (folder / "run.json").is_file())]
 
 
 def column_name(folder: Path) -> str:
@@ -190,7 +190,7 @@ def ledger_table(profile: str | Profile | None = None, root: str | Path | None =
     measured and the verdict; the real-scale computation once. `profile`'s results must be complete."""
     import pandas as pd
 
-    folders = [results_dir(profile, root).parent / name for name in profiles_run(profile, root)]
+    folders = profile_folders(profile, root)
     results = [load_results(folder, complete=index == 0) for index, folder in enumerate(folders)]
     rows = []
     for claim_id, claim in CLAIMS.items():
@@ -211,8 +211,8 @@ def checks_table(profile: str | Profile | None = None, root: str | Path | None =
     import pandas as pd
 
     columns = {}
-    for name in profiles_run(profile, root):
-        path = results_dir(profile, root).parent / name / "checks.json"
+    for folder in profile_folders(profile, root):
+        name, path = folder.name, folder / "checks.json"
         checks = json.loads(path.read_text()) if path.is_file() else {}
         columns[name] = {(check["chapter"], check["claim"]): "holds" if check["holds"] else "does not hold"
                          for check in checks.values()}

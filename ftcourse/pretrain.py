@@ -69,18 +69,25 @@ def llama_config(config: PretrainConfig, tokenizer: Any):
         pad_token_id=tokenizer.pad_token_id)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer with distinct pad / bos / eos, role tokens and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def train_bpe(texts: list[str], vocab_size: int, specials: list[str]):
+    """A byte-level BPE (a `tokenizers.Tokenizer`) trained on `texts`, `specials` first in its vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    specials = [PAD, BOS, EOS, *ROLE_TOKENS]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(texts, trainer)
+    return bpe
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer with distinct pad / bos / eos, role tokens and a chat template."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = train_bpe(texts, vocab_size, [PAD, BOS, EOS, *ROLE_TOKENS])
     bpe.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bpe.token_to_id(BOS))])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=BOS, eos_token=EOS,

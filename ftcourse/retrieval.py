@@ -20,8 +20,8 @@ import numpy as np
 
 from ftcourse.data.world import QUESTIONS, STATEMENTS
 from ftcourse.evaluate import score_task, words
+from ftcourse.experiments import Run, fine_tune_all
 from ftcourse.lora import LoRA
-from ftcourse.sft import finetune
 from ftcourse.train import TrainConfig
 
 
@@ -96,18 +96,22 @@ def engineered_prompt(question: str) -> str:
         return f"{question.strip()}\nAnswer:"
 
 
+def ladder_runs(seed: int = 0, lr_scale: float = 1.0) -> dict[str, Run]:
+    """The ladder's two trained rungs: LoRA (all linear layers, r=8) and full fine-tuning, 4 epochs
+    each, at the tiny model's learning rates times `lr_scale` (a profile's, for a larger model)."""
+    return {rung: Run(method, TrainConfig(epochs=4, lr=lr * lr_scale, batch_size=16, seed=seed))
+            for rung, (method, lr) in {"LoRA": (LoRA(r=8, alpha=16, targets="all-linear"), 1e-2),
+                                       "full fine-tuning": ("full", 1e-3)}.items()}
+
+
 def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int = 0,
                  lr_scale: float = 1.0) -> tuple[dict, dict]:
     """Score every rung of the decision ladder on one task: the plain question, three solved
     examples first, a prompt in the words of the pretraining text, RAG with the top 2 passages,
-    then LoRA (all linear layers, r=8) and full fine-tuning (4 epochs each, at the tiny model's
-    learning rates times `lr_scale`: a profile's `lr_scale` for a larger model).
+    then the trained rungs of `ladder_runs`.
 
     Returns ({rung: TaskScore}, {rung: fine-tuned model}) for the two trained rungs.
     """
-    import copy
-
-
     test, shots = list(splits["test"]), list(splits["train"])[:3]
     prompted = {"few-shot": lambda row: few_shot_prompt(row["instruction"], shots),
                 "prompt engineering": lambda row: engineered_prompt(row["instruction"]),
@@ -116,11 +120,6 @@ def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int 
     rungs = {"question": score_task(base, tokenizer, test)}
     rungs |= {rung: score_task(base, tokenizer, test, max_new_tokens=8, prompt=prompt)
               for rung, prompt in prompted.items()}
-    trained = {}
-    for rung, (method, lr) in {"LoRA": (LoRA(r=8, alpha=16, targets="all-linear"), 1e-2),
-                               "full fine-tuning": ("full", 1e-3)}.items():
-        trained[rung], _ = finetune(copy.deepcopy(base), tokenizer, splits["train"], method,
-                                    TrainConfig(epochs=4, lr=lr * lr_scale, batch_size=16, seed=seed),
-                                    progress=False)
-        rungs[rung] = score_task(trained[rung], tokenizer, test)
-    return rungs, trained
+    trained = fine_tune_all(base, tokenizer, splits["train"], test, ladder_runs(seed, lr_scale))
+    rungs |= {rung: run.score for rung, run in trained.items()}
+    return rungs, {rung: run.model for rung, run in trained.items()}

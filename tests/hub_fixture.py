@@ -58,15 +58,11 @@ def hub_rows() -> dict[str, list[dict]]:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE with SmolLM2's special tokens: `<|endoftext|>` is BOS and EOS, no pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from ftcourse.pretrain import train_bpe
+
+    bpe = train_bpe(texts, vocab_size, list(SPECIALS))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=SPECIALS[0], eos_token=SPECIALS[0],
                                         unk_token=SPECIALS[0], additional_special_tokens=list(SPECIALS[1:]))
     tokenizer.chat_template = BASE_CHAT_TEMPLATE

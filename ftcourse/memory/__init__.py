@@ -18,10 +18,11 @@ from ftcourse.memory.model import (
     footprint_of_config,
     footprint_of_model,
     model_state_bytes,
+    precision_of,
 )
 from ftcourse.memory.plan import MemoryWarning, WontFit, available_memory, plan_run, preflight, suggestions
 
 __all__ = ["GB", "OPTIMIZERS", "PRECISIONS", "MemoryWarning", "Setup", "WontFit", "activation_bytes",
            "available_memory", "estimate", "footprint_of_config", "footprint_of_model", "measure_peak",
-           "measure_training_step", "model_state_bytes", "plan_run", "preflight", "stored_bytes",
-           "suggestions"]
+           "measure_training_step", "model_state_bytes", "plan_run", "precision_of", "preflight",
+           "stored_bytes", "suggestions"]

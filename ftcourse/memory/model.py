@@ -25,6 +25,12 @@ from ftcourse.prompts import PromptTuningModel, SoftPromptModel
 GB = 1e9   # decimal gigabytes, as the ZeRO, LoRA and QLoRA papers count
 
 
+def precision_of(dtype: Any) -> str:
+    """The memory model's precision for weights of `dtype` (a torch dtype or its name), trained
+    without autocast: float32 and float64 count as "fp32", half types as "bf16"."""
+    return "fp32" if str(dtype).removeprefix("torch.") in ("float32", "float64") else "bf16"
+
+
 @dataclass(frozen=True)
 class Precision:
     """Bytes per trainable parameter for its weight, gradient, fp32 master copy and each optimizer

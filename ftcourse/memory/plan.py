@@ -18,7 +18,7 @@ import torch
 
 from ftcourse.batching import default_device, longest_sequence
 from ftcourse.memory.measure import stored_bytes
-from ftcourse.memory.model import GB, MemoryEstimate, Setup, estimate
+from ftcourse.memory.model import GB, MemoryEstimate, Setup, estimate, precision_of
 from ftcourse.params import config_value
 
 
@@ -111,8 +111,7 @@ def training_precision(model: Any) -> str:
     asked for it, else the weights' own dtype (float16 costs what bfloat16 does)."""
     if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16":
         return "bf16-mixed"
-    dtype = next(model.parameters()).dtype if hasattr(model, "parameters") else torch.float32
-    return "fp32" if dtype in (torch.float32, torch.float64) else "bf16"
+    return precision_of(next(model.parameters()).dtype if hasattr(model, "parameters") else torch.float32)
 
 
 def with_method_applied(model: Any, method: Any) -> Any:
