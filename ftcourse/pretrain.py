@@ -2,8 +2,9 @@
 
 `ftcourse pretrain` runs `pretrain()`: generate the corpus, train a byte-level BPE tokenizer on
 it, initialise a Hugging Face Llama, train it with the course's own loop on packed documents,
-measure held-out loss and fact recall, and write a checkpoint (safetensors, config, tokenizer,
-loss history, model card). The checkpoint in `ftcourse/assets/tiny-llama` is this command's output.
+measure fact recall and reading every `eval_every` steps and held-out loss at the end, and write
+a checkpoint (safetensors, config, tokenizer, loss and measurement history, model card). The
+checkpoint in `ftcourse/assets/tiny-llama` is this command's output.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from ftcourse.chat import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS
 from ftcourse.data import default_world
 from ftcourse.data.corpus import pretraining_documents
+from ftcourse.data.reading import chance_level, reading_probes
 from ftcourse.data.world import recall_probes
 from ftcourse.evaluate import perplexity, recall_accuracy
 from ftcourse.models import EMBEDDED_MODEL
@@ -30,17 +32,18 @@ class PretrainConfig:
     """The pretraining run; the defaults produce the shipped model."""
 
     seed: int = 0
-    max_steps: int = 2700
+    max_steps: int = 3600
     batch_size: int = 16          # sequences of `seq_len` tokens per step
     seq_len: int = 256
     lr: float = 3e-3
     vocab_size: int = 1024
     hidden_size: int = 128
     num_layers: int = 4
+    eval_every: int = 300       # steps between measurements of recall and reading
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be >= 1, got {getattr(self, name)}"
-                    for name in ("max_steps", "batch_size", "seq_len", "num_layers")
+                    for name in ("max_steps", "batch_size", "seq_len", "num_layers", "eval_every")
                     if getattr(self, name) < 1]
         if self.hidden_size % 64:
             problems.append(f"hidden_size must be a multiple of 64 (the 4-bit block size), "
@@ -53,7 +56,16 @@ class PretrainConfig:
 
 TOKENIZER_DOCUMENTS = 20_000   # documents the tokenizer is trained on
 HELD_OUT_DOCUMENTS = 2_000     # documents for the held-out loss
-TOKENS_PER_DOCUMENT = 25       # below the mean (about 33), so the corpus covers every step
+TOKENS_PER_DOCUMENT = 25       # below the mean (about 37), so the corpus covers every step
+READING_PROBES = 200           # held-out strangers the reading measurements ask about
+
+
+def progress_probes(world: Any, seed: int) -> dict[str, list[tuple[str, str]]]:
+    """What pretraining measures as it goes: recall of the world's facts, and reading a fact
+    about a held-out stranger with its passage in the notes and without it."""
+    return {"fact recall": recall_probes(world),
+            "reading, passage in context": reading_probes(world, READING_PROBES, seed),
+            "reading, passage absent": reading_probes(world, READING_PROBES, seed, passage=False)}
 
 
 def llama_config(config: PretrainConfig, tokenizer: Any):
@@ -111,6 +123,19 @@ def pack_documents(tokenizer: Any, documents: list[str], seq_len: int) -> list[d
     return blocks
 
 
+def machine_kind() -> str:
+    """The CPU a run used and the vector instructions torch chose on it: the same weights come
+    out bit for bit only on the same kind (the rounding of matmuls depends on both)."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("model name")), name)
+    return f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
 @dataclass
 class PretrainRun:
     """A finished pretraining run: the model, its tokenizer, the loss history and the summary."""
@@ -147,10 +172,14 @@ def pretrain(out_dir: str | Path | None = None, config: PretrainConfig = Pretrai
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(llama_config(config, tokenizer))
     initial_loss = math.log(perplexity(model, held_out))
+    probes = progress_probes(world, config.seed)
     train_config = TrainConfig(max_steps=config.max_steps, batch_size=config.batch_size, lr=config.lr,
-                               warmup_ratio=0.02, weight_decay=0.1, seed=config.seed)
-    result = train(model, blocks, train_config, progress=progress, description="pretrain")
-    recall = recall_accuracy(model, tokenizer, recall_probes(world))
+                               warmup_ratio=0.02, weight_decay=0.1, seed=config.seed,
+                               eval_every=config.eval_every)
+    result = train(model, blocks, train_config, progress=progress, description="pretrain",
+                   eval_fn=lambda m: {name: float(recall_accuracy(m, tokenizer, pairs).mean())
+                                      for name, pairs in probes.items()})
+    final = result.evals[-1]
     summary = {
         "command": command or f"ftcourse pretrain --out {out_dir}",
         "config": asdict(config),
@@ -160,38 +189,43 @@ def pretrain(out_dir: str | Path | None = None, config: PretrainConfig = Pretrai
         "train_loss": result.final_loss,
         "held_out_loss": math.log(perplexity(model, held_out)),
         "held_out_loss_at_init": initial_loss,
-        "fact_recall": float(recall.mean()),
-        "facts": len(recall),
+        "fact_recall": final["fact recall"],
+        "facts": len(probes["fact recall"]),
+        "reading_in_context": final["reading, passage in context"],
+        "reading_absent": final["reading, passage absent"],
+        "reading_probes": READING_PROBES,
+        "machine": machine_kind(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
     if out_dir is not None:
-        save_base_model(Path(out_dir), model, tokenizer, summary, result.history)
+        save_base_model(Path(out_dir), model, tokenizer, summary, result.history, result.evals)
     return PretrainRun(model, tokenizer, result, summary)
 
 
 def recorded_history(model_dir: str | Path | None = None) -> dict[str, Any]:
-    """The summary and per-step training loss recorded when a checkpoint was pretrained."""
+    """The summary, per-step training loss and the measurements every `eval_every` steps
+    recorded when a checkpoint was pretrained."""
 
     return json.loads((Path(model_dir or EMBEDDED_MODEL) / "pretrain_history.json").read_text())
 
 
 def save_base_model(out_dir: Path, model: Any, tokenizer: Any, summary: dict[str, Any],
-                    history: list[dict[str, float]]) -> None:
-    """Model (safetensors) + config + tokenizer + loss history + a model card, in `out_dir`."""
+                    history: list[dict[str, float]], evals: list[dict[str, float]]) -> None:
+    """Model (safetensors) + config + tokenizer + loss and measurement history + a model card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "pretrain_history.json").write_text(json.dumps(
-        {"summary": summary, "loss": [round(h["loss"], 5) for h in history]}, indent=1))
+        {"summary": summary, "loss": [round(h["loss"], 5) for h in history], "evals": evals}, indent=1))
     (out_dir / "MODEL_CARD.md").write_text(model_card(summary))
 
 
 def model_card(summary: dict[str, Any]) -> str:
     """The model card: how the model was made and what it measured, from the run itself."""
-    config = summary["config"]
+    config, probes = summary["config"], summary["reading_probes"]
     return f"""# tiny-llama: the ftcourse embedded base model
 
 A {summary['parameters']:,}-parameter decoder in the Hugging Face Llama architecture
@@ -206,13 +240,21 @@ random initialisation on the synthetic world of `ftcourse.data` by the course's 
 | steps x batch x sequence | {config['max_steps']} x {config['batch_size']} x {config['seq_len']} tokens |
 | training tokens | {summary['train_tokens']:,} |
 | wall time | {summary['wall_seconds']:.0f} s on {summary['threads']} CPU threads |
+| machine | {summary['machine']} |
 | software | torch {summary['torch']}, Python {summary['python']} |
 | held-out loss (nats/token) | {summary['held_out_loss']:.4f} |
 | held-out loss at initialisation | {summary['held_out_loss_at_init']:.4f} |
 | fact recall, pretraining phrasing | {summary['fact_recall']:.1%} of {summary['facts']} facts |
+| reading, passage in context | {summary['reading_in_context']:.1%} of {probes} held-out strangers |
+| reading, passage absent (chance {chance_level():.1%}) | {summary['reading_absent']:.1%} of {probes} |
 
 Special tokens: `<pad>`, `<bos>`, `<eos>` are distinct (pad == eos would stop a model learning
 to stop). The chat template (`<|user|> ... <|end|><|assistant|> ... <eos>`) is never seen in
 pretraining: the base model continues text but does not follow instructions until fine-tuned.
-`pretrain_history.json` holds the training-loss curve.
+It does read its context: a fifth of the corpus is notes about strangers followed by their facts
+asked again (`ftcourse.data.reading`), so given a passage it finds the fact in it.
+`pretrain_history.json` holds the training-loss curve and the measurements every
+{config['eval_every']} steps. The command above, run on a machine of the same kind (the machine
+row: the CPU and the vector instructions torch chose) with the same torch, writes the same
+weights bit for bit; another kind rounds some matmuls differently and drifts from them.
 """

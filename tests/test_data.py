@@ -1,7 +1,11 @@
+import random
+import re
+
 import pytest
 
 from ftcourse.data import TASK_FIELDS, default_world, load_task, require_fields, synthetic_rows
 from ftcourse.data.corpus import pretraining_documents
+from ftcourse.data.reading import chance_level, reading_document, reading_probes, stranger_first_names
 from ftcourse.data.tasks import newcomer_statements, split_keys
 from ftcourse.data.world import ATTRIBUTES, STATEMENTS, make_world, recall_probes
 
@@ -230,3 +234,42 @@ def test_local_overrides_adapt_a_profile(monkeypatch):
     monkeypatch.setenv("FTCOURSE_DTYPE", "fp8")
     with pytest.raises(ValueError, match="FTCOURSE_DTYPE must be float32, bfloat16 or float16, got 'fp8'"):
         get_profile("gpu")
+
+
+def test_reading_strangers_are_no_one_in_the_world_and_probes_hold_out_their_names():
+    world = default_world()
+    train, held_out = stranger_first_names(world, "train"), stranger_first_names(world, "held-out")
+    known = {person.name.split()[0].lower() for person in (*world.people, *world.newcomers)}
+    assert train and held_out and not set(train) & set(held_out) and not (set(train) | set(held_out)) & known
+    corpus = " ".join(pretraining_documents(world, 5000, seed=0))
+    firsts_in = set(re.findall(r"\b([A-Z][a-z]+) [A-Z][a-z]+\b", corpus))      # "Kalo Torsel" -> "Kalo"
+    assert {name.capitalize() for name in train} & firsts_in, "the corpus has strangers"
+    assert not {name.capitalize() for name in held_out} & firsts_in, "held-out names stay out of it"
+    probes = " ".join(prompt for prompt, _ in reading_probes(world, 50))
+    named = set(re.findall(r"\b([A-Z][a-z]+) [A-Z][a-z]+\b", probes)) - {"In"}    # "In Tessaly lives X"
+    assert named <= {name.capitalize() for name in held_out}
+
+
+def test_reading_probes_hold_the_answer_only_when_the_passage_is_in_context():
+    world = default_world()
+    present, absent = reading_probes(world, 100, seed=3), reading_probes(world, 100, seed=3, passage=False)
+    for (with_passage, value), (without, same_value) in zip(present, absent):
+        asked = with_passage.split("Recall: ")[1]
+        assert value == same_value and asked == without.split("Recall: ")[1]
+        name = " ".join(word for word in asked.split()
+                        if word[0].isupper() and word not in ("The", "By", "At", "Of", "In"))
+        notes = with_passage.split(" Recall: ")[0]
+        fact = next(sentence for sentence in notes.split(". ") if name in sentence)
+        assert value in fact and name not in without.split(" Recall: ")[0]
+    assert reading_probes(world, 5, seed=3) == present[:5] != reading_probes(world, 5, seed=4)
+
+
+def test_reading_documents_ask_only_what_their_notes_say():
+    world, rng = default_world(), random.Random(0)
+    for _ in range(200):
+        document = reading_document(world, rng)
+        assert "<|" not in document
+        notes = document.split("\n\n")[0]
+        for answer in re.findall(r"\nA: (\w+)", document):
+            assert answer in notes
+    assert chance_level() == pytest.approx(1 / 12)

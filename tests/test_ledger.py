@@ -76,7 +76,7 @@ def test_a_claim_is_asserted_where_calibrated_and_recorded_elsewhere(results, ca
     assert "DOES NOT HOLD on gpu: one beats two (measured: 1 vs 2)" in capsys.readouterr().out
     # The tiny profile pointed at another model is not the one its thresholds were set on.
     monkeypatch.setenv("FTCOURSE_MODEL", str(results))
-    assert not ledger.Chapter("05_lora", "tiny").calibrated
+    assert not ledger.Chapter("05_lora", "tiny", root=results / "elsewhere").calibrated
     monkeypatch.delenv("FTCOURSE_MODEL")
     table = ledger.checks_table("tiny")
     assert table.loc[("05_lora", "one beats two"), "tiny"] == "does not hold"
@@ -99,3 +99,11 @@ def test_tables_round_trip_per_profile(results):
     assert ledger.read_table("methods", "gpu").to_dict("records") == [{"method": "LoRA", "score": 0.5}]
     with pytest.raises(FileNotFoundError, match=r"tiny/methods.csv is missing"):
         ledger.read_table("methods", "tiny")
+
+
+def test_a_chapter_run_again_states_its_claims_afresh(results):
+    ledger.Chapter("05_lora", "tiny").expect(True, "an old claim")
+    ledger.Chapter("07_soft_prompts", "tiny").expect(True, "another chapter's claim")
+    ledger.Chapter("05_lora", "tiny").expect(True, "the claim as reworded")
+    claims = set(ledger.checks_table("tiny").index)
+    assert claims == {("05_lora", "the claim as reworded"), ("07_soft_prompts", "another chapter's claim")}

@@ -8,6 +8,7 @@ from transformers import LlamaForCausalLM
 from ftcourse.cli import main
 from ftcourse.data import default_world
 from ftcourse.data.corpus import pretraining_documents
+from ftcourse.data.reading import chance_level, reading_probes
 from ftcourse.data.world import recall_probes
 from ftcourse.evaluate import perplexity, recall_accuracy
 from ftcourse.models import EMBEDDED_MODEL
@@ -47,7 +48,8 @@ def test_model_card_records_how_the_model_was_made():
     assert summary["command"].startswith("ftcourse pretrain") and summary["command"] in card
     assert f"| seed | {summary['config']['seed']} |" in card
     assert f"{summary['held_out_loss']:.4f}" in card
-    assert len(history["loss"]) == summary["config"]["max_steps"]
+    assert len(history["loss"]) == summary["config"]["max_steps"] == history["evals"][-1]["step"]
+    assert f"{summary['reading_in_context']:.1%} of {summary['reading_probes']}" in card
 
 
 def test_pretrain_command_runs_and_its_loss_falls(tmp_path):
@@ -63,3 +65,23 @@ def test_pretrain_config_rejects_bad_values():
         PretrainConfig(hidden_size=100)
     with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
         PretrainConfig(max_steps=0)
+
+
+def test_shipped_model_reads_its_context_and_only_its_context(base):
+    model, tokenizer = base
+    world = default_world()
+    present = recall_accuracy(model, tokenizer, reading_probes(world, 200)).mean()
+    absent = recall_accuracy(model, tokenizer, reading_probes(world, 200, passage=False)).mean()
+    assert present >= 0.9, present
+    assert absent < 2 * chance_level(), absent
+
+
+def test_pretraining_is_reproducible_bit_for_bit(tmp_path):
+    from safetensors.torch import load_file
+
+    for run in ("first", "second"):
+        assert main(["pretrain", "--out", str(tmp_path / run), "--max-steps", "6", "--no-progress"]) == 0
+    first, second = (load_file(tmp_path / run / "model.safetensors") for run in ("first", "second"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    tokenizers = [(tmp_path / run / "tokenizer.json").read_text() for run in ("first", "second")]
+    assert tokenizers[0] == tokenizers[1]

@@ -1,20 +1,24 @@
 """The pretraining corpus: plain text about the world, with no instructions and no chat turns.
 
 Most documents state the people's facts (one person's biography, or facts about several people
-at once); the rest are arithmetic, customer messages with the rule for routing them, word lists
-and simple sentences. A base model trained on it continues text and recalls facts, but has never
-seen a question answered: following instructions is what fine-tuning adds.
+at once); a fifth are reading exercises (notes about strangers, then their facts asked again:
+`ftcourse.data.reading`); the rest are arithmetic, customer messages with the rule for routing
+them, word lists and simple sentences. A base model trained on it continues text, recalls facts
+and looks facts up in its context, but has never seen an instruction or a chat turn: following
+instructions is what fine-tuning adds.
 """
 
 from __future__ import annotations
 
 import random
 
+from ftcourse.data.reading import reading_document
 from ftcourse.data.tasks import ARITHMETIC_STATEMENTS, WORDS, arithmetic_facts, routing_cores, routing_message
 from ftcourse.data.world import ATTRIBUTES, STATEMENTS, World, biography, statement
 
 # Share of each kind of document in the corpus.
-MIX = {"biography": 0.55, "facts": 0.15, "arithmetic": 0.12, "routing": 0.08, "words": 0.10}
+MIX = {"biography": 0.45, "facts": 0.12, "reading": 0.20, "arithmetic": 0.10, "routing": 0.07,
+       "words": 0.06}
 
 
 def _facts_document(world: World, rng: random.Random) -> str:
@@ -50,6 +54,7 @@ def pretraining_documents(world: World, num_documents: int, seed: int) -> list[s
     kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=num_documents)
     make = {"biography": lambda: biography(rng.choice(world.people), rng),
             "facts": lambda: _facts_document(world, rng),
+            "reading": lambda: reading_document(world, rng),
             "arithmetic": lambda: _arithmetic_document(rng),
             "routing": lambda: _routing_document(train_cores, rng),
             "words": lambda: _words_document(rng)}

@@ -75,24 +75,34 @@ class World:
         return [(person, attribute) for person in group for attribute in ATTRIBUTES]
 
 
+def first_names() -> list[str]:
+    """Every first name the world can invent: two different syllables ("kalo")."""
+    return [a + b for a in _SYLLABLES for b in _SYLLABLES if a != b]
+
+
+def last_names() -> list[str]:
+    """Every last name the world can invent: two syllables and an ending ("torsel" + "n")."""
+    return [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in ("n", "k", "th", "s")]
+
+
+def invent_person(first: str, last: str, rng: random.Random) -> Person:
+    """A person named "First Last" with a random value of every attribute."""
+    return Person(name=f"{first.capitalize()} {last.capitalize()}",
+                  facts={attribute: rng.choice(values) for attribute, values in ATTRIBUTES.items()})
+
+
 def make_world(num_people: int = 64, num_newcomers: int = 24, seed: int = 0) -> World:
     """Invent `num_people + num_newcomers` people with distinct first and last names."""
     if num_people < 1 or num_newcomers < 0:
         raise ValueError(f"make_world needs num_people >= 1 and num_newcomers >= 0, "
                          f"got {num_people} and {num_newcomers}.")
     rng = random.Random(seed)
-    firsts = [a + b for a in _SYLLABLES for b in _SYLLABLES if a != b]
-    lasts = [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in ("n", "k", "th", "s")]
+    firsts, lasts = first_names(), last_names()
     total = num_people + num_newcomers
     if total > len(firsts):
         raise ValueError(f"make_world can invent at most {len(firsts)} people, asked for {total}.")
-    first_names = rng.sample(firsts, total)
-    last_names = rng.sample(lasts, total)
-    group = [
-        Person(name=f"{first.capitalize()} {last.capitalize()}",
-               facts={attribute: rng.choice(values) for attribute, values in ATTRIBUTES.items()})
-        for first, last in zip(first_names, last_names)
-    ]
+    chosen_firsts, chosen_lasts = rng.sample(firsts, total), rng.sample(lasts, total)
+    group = [invent_person(first, last, rng) for first, last in zip(chosen_firsts, chosen_lasts)]
     return World(seed=seed, people=tuple(group[:num_people]), newcomers=tuple(group[num_people:]))
 
 
