@@ -104,9 +104,11 @@ def assistant_turn_end(tokenizer: Any) -> str | None:
     return max(ends, key=len, default=None)
 
 
-def prompt_ids(tokenizer: Any, instruction: str) -> list[int]:
-    """Token ids of the prompt for a generation: the chat up to the assistant's turn."""
-    return _render(tokenizer, messages(instruction), add_generation_prompt=True)
+def prompt_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt for a generation: an instruction as a one-turn chat, or the turns of
+    a chat so far, then the start of the assistant's turn."""
+    chat = messages(prompt) if isinstance(prompt, str) else prompt
+    return _render(tokenizer, chat, add_generation_prompt=True)
 
 
 def tokenize_chat(tokenizer: Any, chat: Sequence[dict[str, str]], *, mask_prompt: bool = True,

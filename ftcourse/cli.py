@@ -4,8 +4,10 @@
     ftcourse pretrain --out DIR              pretrain the tiny base model from a seed
     ftcourse finetune --method full          fine-tune the profile's base model and score it
                                              (refused if predicted not to fit in memory)
+    ftcourse finetune --method lora --data F your own data: .jsonl/.json/.csv/.parquet, held-out split
     ftcourse memory --model Llama-2-7B       predict the memory of a training run, itemised
     ftcourse evaluate --task qa --out r.csv  score a model (or an adapter) with 95% intervals
+    ftcourse chat --model DIR [--adapter A]  talk to a model in the terminal (Ctrl-D or Ctrl-C ends)
     ftcourse download --profile gpu --to D   copy a GPU profile's model and datasets to D (needs network)
 """
 
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ftcourse.data import TASK_FIELDS
     from ftcourse.evaluate import METRICS
     from ftcourse.memory import OPTIMIZERS, PRECISIONS
-    from ftcourse.methods import METHODS
+    from ftcourse.methods import METHODS, RECOMMENDED, RECOMMENDED_EPOCHS
     from ftcourse.params import REAL_MODELS
     from ftcourse.profiles import PROFILES
 
@@ -58,18 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--lr", type=positive_float, default=None)
     pretrain.add_argument("--no-progress", action="store_true")
 
-    finetune = commands.add_parser("finetune", help="fine-tune the base model on a task and score it")
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune the base model on a task or your data and score it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Defaults per method (what the chapters found works; flags override them):\n" + "\n".join(
+            f"  {name:<14} {method!r}, lr {lr:g}" for name, (method, lr) in RECOMMENDED.items())
+        + f"\nand {RECOMMENDED_EPOCHS} epochs of batch 16 for every method.")
     finetune.add_argument("--method", required=True, choices=sorted(METHODS),
                           help="how to fine-tune")
     finetune.add_argument("--profile", choices=sorted(PROFILES), default=None,
                           help="default: $FTCOURSE_PROFILE or tiny")
-    finetune.add_argument("--task", default="instructions",
-                          choices=[t for t, f in TASK_FIELDS.items() if "instruction" in f])
+    data = finetune.add_mutually_exclusive_group()
+    data.add_argument("--task", default="instructions",
+                      choices=[t for t, f in TASK_FIELDS.items() if "instruction" in f])
+    data.add_argument("--data", default=None, metavar="FILE",
+                      help="your own data (.jsonl, .json, .csv or .parquet): instruction/response rows or "
+                           "chats ('messages'); 30%% of its prompts are held out for the test, with --seed")
+    finetune.add_argument("--metric", default=None, choices=sorted(METRICS),
+                          help="default: the task's own; rouge_l for --data")
     finetune.add_argument("--model", default=None,
                           help="base model: hub id or folder (default: the profile's)")
     add_lora_arguments(finetune)
-    finetune.add_argument("--epochs", type=positive_float, default=3.0)
-    finetune.add_argument("--lr", type=positive_float, default=1e-3)
+    finetune.add_argument("--epochs", type=positive_float, default=float(RECOMMENDED_EPOCHS))
+    finetune.add_argument("--lr", type=positive_float, default=None,
+                          help="default: the method's (see below)")
     finetune.add_argument("--batch-size", type=positive_int, default=16)
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--limit", type=positive_int, default=None,
@@ -92,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=positive_int, default=None, help="score at most this many items")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     evaluate.add_argument("--out", default=None, help="write the table here (.json or .csv)")
+
+    chat = commands.add_parser("chat", help="talk to a model in the terminal; Ctrl-D or Ctrl-C ends it")
+    chat.add_argument("--model", default=None,
+                      help="a model folder (e.g. from finetune --out) or hub id (default: the profile's)")
+    chat.add_argument("--adapter", default=None, help="a LoRA adapter folder to load on the model")
+    chat.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    chat.add_argument("--system", default=None, help="a system message to open the chat with")
+    chat.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest answer, in tokens")
 
     memory = commands.add_parser("memory", help="predict the memory of training a model, itemised")
     memory.add_argument("--model", default="embedded",
@@ -116,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (lora, qlora)")
-    parser.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA alpha (lora, qlora)")
+    parser.add_argument("--lora-r", type=positive_int, default=None,
+                        help="LoRA rank (lora, qlora; default 8)")
+    parser.add_argument("--lora-alpha", type=positive_float, default=None,
+                        help="LoRA alpha (lora, qlora; default 16)")
     parser.add_argument("--lora-targets", default=None,
-                        help="comma-separated module names, or all-linear (default: q_proj,v_proj "
-                             "for lora, all-linear for qlora)")
+                        help="comma-separated module names, or all-linear (the default)")
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -151,29 +174,40 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from ftcourse.data import load_task
+    from pathlib import Path
+
+    from ftcourse.data import load_data_file, load_task
     from ftcourse.evaluate import score_task
+    from ftcourse.methods import recommended_lr
     from ftcourse.models import load_base
     from ftcourse.sft import finetune
     from ftcourse.train import TrainConfig
 
-    model, tokenizer = load_base(args.model, profile=args.profile)
-    data = load_task(args.task, profile=args.profile)
     method = method_from_args(args)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    lr = args.lr or recommended_lr(method)
+    model, tokenizer = load_base(args.model, profile=args.profile)
+    if args.data:
+        data = load_data_file(args.data, seed=args.seed)
+        print(f"{args.data}: {sum(map(len, data.values()))} rows; held out before training, with seed "
+              f"{args.seed}: {len(data['test'])} test and {len(data['validation'])} validation rows (30% "
+              f"and 10% of the distinct prompts, none shared with the {len(data['train'])} training rows)")
+    else:
+        data = load_task(args.task, profile=args.profile)
+    config = TrainConfig(epochs=args.epochs, lr=lr, batch_size=args.batch_size, seed=args.seed)
     if refuse_if_too_big(args, model, tokenizer, data["train"], method, config):
         return 2
     test_by_task: dict[str, list[dict]] = {}
     for row in data["test"]:
-        test_by_task.setdefault(row["task"], []).append(row)
+        test_by_task.setdefault(row.get("task", Path(args.data or "data").stem), []).append(row)
     if args.limit:
         test_by_task = {task: rows[:args.limit] for task, rows in test_by_task.items()}
-    before = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
+    metric = args.metric or ("rouge_l" if args.data else None)
+    before = {task: score_task(model, tokenizer, rows, metric=metric) for task, rows in test_by_task.items()}
     model, result = finetune(model, tokenizer, data["train"], method, config, memory_check="off",
                              progress=not args.no_progress)             # checked above
-    after = {task: score_task(model, tokenizer, rows) for task, rows in test_by_task.items()}
-    print(f"{args.method} fine-tuning on {args.task}: {len(result.history)} steps, "
-          f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s")
+    after = {task: score_task(model, tokenizer, rows, metric=metric) for task, rows in test_by_task.items()}
+    print(f"{args.method} fine-tuning on {args.data or args.task}: {len(result.history)} steps, "
+          f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s ({method!r}, lr {lr:g})")
     print(f"{'task':<12} {'metric':<12} {'n':>4}  {'before':>22}  {'after':>22}")
     for task in test_by_task:
         print(f"{task:<12} {after[task].metric:<12} {len(after[task].scores):>4}  "
@@ -250,6 +284,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_chat(args: argparse.Namespace) -> int:
+    from ftcourse.models import load_base, model_label
+    from ftcourse.terminal import converse
+
+    model, tokenizer = load_base(args.model, profile=args.profile)
+    name = args.model or model_label(model)
+    if args.adapter:
+        from ftcourse.lora import load_adapter
+
+        model, name = load_adapter(model, args.adapter), f"{name} + {args.adapter}"
+    model.eval()
+
+    def write(text: str) -> None:
+        print(text, end="", flush=True)
+
+    answered = 0
+    try:
+        print(f"Chatting with {name}. Ctrl-D or Ctrl-C ends the chat.", file=sys.stderr, flush=True)
+        answered = converse(model, tokenizer, lambda: input("you> "), write, system=args.system,
+                            max_new_tokens=args.max_new_tokens)
+    except KeyboardInterrupt:      # Ctrl-C between the greeting and the first prompt
+        print()
+    print(f"{answered} answer(s); bye.", file=sys.stderr)
+    return 0
+
+
 def run_memory(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -291,15 +351,19 @@ MEMORY_FLAGS = {"method": "--method", "batch_size": "--batch-size", "seq_len": "
 
 
 def method_from_args(args: argparse.Namespace):
-    """The method config the command line asks for."""
-    from ftcourse.methods import METHODS, get_method
+    """The method config the command line asks for: the method's recommended one
+    (`methods.RECOMMENDED`), with any LoRA flag given replacing its value."""
+    from dataclasses import replace
 
-    if args.method in ("lora", "qlora"):
-        targets = args.lora_targets or {"lora": "q_proj,v_proj", "qlora": "all-linear"}[args.method]
-        if targets != "all-linear":
-            targets = tuple(name.strip() for name in targets.split(","))
-        return METHODS[args.method](r=args.lora_r, alpha=args.lora_alpha, targets=targets)
-    return get_method(args.method)
+    from ftcourse.methods import RECOMMENDED
+
+    method = RECOMMENDED[args.method][0]
+    if args.method not in ("lora", "qlora"):
+        return method
+    targets = args.lora_targets or method.targets
+    if targets != "all-linear" and isinstance(targets, str):
+        targets = tuple(name.strip() for name in targets.split(","))
+    return replace(method, r=args.lora_r or method.r, alpha=args.lora_alpha or method.alpha, targets=targets)
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -325,7 +389,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune,
+    run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune, "chat": run_chat,
            "memory": run_memory, "evaluate": run_evaluate, "download": run_download}[args.command]
     try:
         return run(args)

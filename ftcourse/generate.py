@@ -117,7 +117,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, chat: 
     """Continue each prompt; return the new text only, cut at EOS, without special tokens.
 
     Args:
-        prompts: instructions (chat=True: wrapped in the chat template) or raw text (chat=False).
+        prompts: instructions or chats so far (chat=True: formatted with the chat template), or
+            raw text (chat=False).
         options: max_new_tokens, do_sample, temperature, top_p, seed, batch_size (`generate_ids`).
     """
     encoded = [prompt_ids(tokenizer, p) if chat else tokenizer(p)["input_ids"] for p in prompts]

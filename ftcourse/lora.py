@@ -126,8 +126,20 @@ class LoRALinear(nn.Module):
 
 # ---------------------------------------------------------------- surgery
 
+def require_unadapted(model: nn.Module) -> None:
+    """Raise ValueError if `model` already has LoRA layers: adapting it again would wrap the
+    adapters' own layers, or find none of its targets left as plain linear layers."""
+    if adapted := sorted(lora_layers(model)):
+        raise ValueError(f"The model already has {len(adapted)} LoRA layer(s) (e.g. {adapted[0]!r}): it was "
+                         "adapted before, for example by an earlier finetune on the same model object "
+                         "(finetune adapts the model it is given, in place). Start each run from a "
+                         "fresh copy of the base (copy.deepcopy(base), or load_base() again); to keep "
+                         "training the adapters it has, call ftcourse.train.train on it directly.")
+
+
 def apply_lora(model: nn.Module, config: LoRA) -> nn.Module:
     """Freeze `model` and wrap each target linear layer in a `LoRALinear`, in place."""
+    require_unadapted(model)
     names = match_modules(model, config.targets)
     freeze(model)
     replace_modules(model, names, lambda base: LoRALinear(base, config.r, config.alpha,

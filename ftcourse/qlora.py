@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ftcourse._surgery import freeze, match_modules, replace_modules
 from ftcourse.batching import default_device
-from ftcourse.lora import LoRA, LoRALinear, lora_layers, lora_state_dict
+from ftcourse.lora import LoRA, LoRALinear, lora_layers, lora_state_dict, require_unadapted
 from ftcourse.models import DTYPES, ensure_chat_format, ensure_distinct_pad, resolve_model_path
 from ftcourse.profiles import get_profile
 from ftcourse.quant import (
@@ -166,6 +166,7 @@ def quantize_model(model: nn.Module, quant_type: QuantType = "nf4", double_quant
 
 def apply_qlora(model: nn.Module, config: QLoRA) -> nn.Module:
     """Quantize the base in place, then wrap the target layers (now 4-bit) in LoRA adapters."""
+    require_unadapted(model)
     targets = match_modules(model, config.targets)   # chosen among the linear layers, before quantizing
     quantize_model(model, config.quant_type, config.double_quant, config.compute_dtype)
     return replace_modules(model, targets,

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ftcourse.batching import leave_out_too_long, max_positions, pack_examples
-from ftcourse.chat import tokenize_example
+from ftcourse.chat import tokenize_chat, tokenize_example
 from ftcourse.data.checks import require_fields
 from ftcourse.memory import plan_run
-from ftcourse.methods import Method, get_method
+from ftcourse.methods import RECOMMENDED_EPOCHS, Method, get_method, recommended_lr
 from ftcourse.train import TrainConfig, TrainResult, train
 
 
@@ -36,11 +36,14 @@ class Formatting:
 
 def tokenize_instructions(tokenizer: Any, rows: Sequence[dict[str, str]], max_len: int | None = None,
                           formatting: Formatting = Formatting()) -> list[dict[str, list[int]]]:
-    """Chat-formatted, label-masked examples. Examples longer than `max_len` tokens are left out
-    with a warning that counts them (cutting one would cut off its response and EOS)."""
-    require_fields(rows, ("instruction", "response"), name="instruction data")
-    examples = [tokenize_example(tokenizer, row["instruction"], row["response"],
-                                 mask_prompt=formatting.mask_prompt, learn_eos=formatting.learn_eos)
+    """Chat-formatted, label-masked examples from instruction/response rows or chats (`messages`,
+    learned on every assistant turn). Examples longer than `max_len` tokens are left out with a
+    warning that counts them (cutting one would cut off its response and EOS)."""
+    options = {"mask_prompt": formatting.mask_prompt, "learn_eos": formatting.learn_eos}
+    if len(rows) == 0 or not all("messages" in row for row in rows):
+        require_fields(rows, ("instruction", "response"), name="instruction data")
+    examples = [tokenize_chat(tokenizer, row["messages"], **options) if "messages" in row
+                else tokenize_example(tokenizer, row["instruction"], row["response"], **options)
                 for row in rows]
     return leave_out_too_long(examples, max_len)
 
@@ -56,13 +59,14 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
     Args:
         data: rows with "instruction" and "response" (a `datasets.Dataset` or a list of dicts).
         method: "full", or a method config such as those in `ftcourse.methods`.
-        config: the training run; default 3 epochs at lr 1e-3, batch 16.
+        config: the training run; default 3 epochs, batch 16, at the method's recommended
+            learning rate (`methods.RECOMMENDED`: 1e-3 for full fine-tuning, 1e-2 for LoRA).
         formatting: prompt masking, EOS and packing (see `Formatting`).
         memory_check: before training, warn (or refuse, `memory.WontFit`) if the run is predicted
             not to fit in memory (`ftcourse.memory.plan_run`); "off" if the caller has checked.
     """
     method = get_method(method)
-    config = config or TrainConfig(epochs=3, lr=1e-3, batch_size=16)
+    config = config or TrainConfig(epochs=RECOMMENDED_EPOCHS, lr=recommended_lr(method), batch_size=16)
     max_len = max_positions(model)
     if max_len is not None:    # soft prompts take positions of their own
         max_len -= getattr(method, "num_virtual_tokens", 0)

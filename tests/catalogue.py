@@ -193,11 +193,46 @@ def data_file_empty(scratch):
     read_rows(write(scratch / "d.jsonl", "\n\n"), INSTRUCTION_FIELDS)
 
 
-@bad_input("data", "a data file with a suffix other than .jsonl or .json", ValueError, "'.csv'",
-           "reads .jsonl")
+@bad_input("data", "a data file with a suffix other than .jsonl, .json, .csv or .parquet", ValueError,
+           "'.txt'", "data files are .jsonl")
 def data_file_wrong_suffix(scratch):
     from ftcourse.data import read_rows
-    read_rows(write(scratch / "d.csv", "instruction,response\n"), INSTRUCTION_FIELDS)
+    read_rows(write(scratch / "d.txt", "instruction,response\n"), INSTRUCTION_FIELDS)
+
+
+@bad_input("data", "a UTF-8 file that starts with a byte-order mark (as Windows editors write)", UserWarning,
+           "byte-order mark (BOM)", "dropped")
+def data_file_with_bom(scratch):
+    from ftcourse.data import read_rows
+    read_rows(write(scratch / "d.jsonl", b"\xef\xbb\xbf" + b'{"instruction": "a", "response": "b"}\n'),
+              INSTRUCTION_FIELDS)
+
+
+@bad_input("data", "a CSV row with more cells than the header (an unquoted comma)", ValueError, "line 3",
+           "more cells than the header", "quote")
+def data_csv_unquoted_comma(scratch):
+    from ftcourse.data import read_rows
+    read_rows(write(scratch / "d.csv", "instruction,response\nSay hi,hi\nWhere is Paris,Paris, France\n"),
+              INSTRUCTION_FIELDS)
+
+
+@bad_input("data", "a chat that ends with the user's turn, so there is no answer to learn", ValueError,
+           "row 1 ends with a user turn", "end each chat with the assistant")
+def data_chat_ends_with_user(scratch):
+    from ftcourse.data import read_training_rows
+    chats = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+             [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+              {"role": "user", "content": "Bye"}]]
+    read_training_rows(write(scratch / "d.jsonl", "\n".join(json.dumps({"messages": c}) for c in chats)))
+
+
+@bad_input("data", "a file that mixes chats and instruction/response rows", ValueError,
+           "row 1 has no 'messages'", "not both")
+def data_mixed_shapes(scratch):
+    from ftcourse.data import read_training_rows
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            {"instruction": "Say hi", "response": "hi"}]
+    read_training_rows(write(scratch / "d.jsonl", "\n".join(json.dumps(r) for r in rows)))
 
 
 @bad_input("data", "extra fields the task does not use (Alpaca's 'input')", UserWarning,
@@ -425,6 +460,13 @@ def lora_alpha_negative(scratch):
 def lora_unknown_target(scratch):
     from ftcourse.lora import LoRA, apply_lora
     apply_lora(small_llama(), LoRA(targets=("q_proj", "qkv_proj")))
+
+
+@bad_input("config", "LoRA on a model that already has LoRA layers (finetune twice on one model object)",
+           ValueError, "already has 4 LoRA layer(s)", "adapted before", "fresh copy of the base")
+def lora_on_adapted_model(scratch):
+    from ftcourse.lora import LoRA, apply_lora
+    apply_lora(apply_lora(small_llama(), LoRA()), LoRA())
 
 
 @bad_input("config", "a 4-bit block size that cannot split bytes (odd)", ValueError,

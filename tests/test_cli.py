@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -205,7 +206,7 @@ def test_finetune_with_ignore_memory_check_starts_anyway(monkeypatch, capsys):
         trained.append(method.name)
         return model, SimpleNamespace(history=[{}], final_loss=1.0, seconds=0.0)
 
-    def fake_score(model, tokenizer, rows):
+    def fake_score(model, tokenizer, rows, metric=None):
         return SimpleNamespace(metric="exact_match", scores=[0] * len(rows), ci="0.000 [0.000, 0.000]")
 
     monkeypatch.setattr(ftcourse.memory.plan, "available_memory", lambda device="cpu": 1_000_000)
@@ -218,10 +219,32 @@ def test_finetune_with_ignore_memory_check_starts_anyway(monkeypatch, capsys):
     assert "Predicted memory per device of one training step:" in err
 
 
-def test_finetune_help_names_the_override(capsys):
+def test_finetune_help_names_the_override_and_each_methods_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
-    assert "--ignore-memory-check" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--ignore-memory-check" in out and "--data FILE" in out
+    assert "lora           LoRA(r=8, alpha=16, targets='all-linear'" in out and "lr 0.01" in out
+    assert "full           Full(), lr 0.001" in out and "3 epochs" in out
+
+
+def test_finetune_takes_your_own_chats_and_holds_out_a_test_split(capsys, tmp_path):
+    from ftcourse.data import load_task
+
+    rows = list(load_task("qa")["train"])[:40]
+    chats = [{"messages": [{"role": "user", "content": r["instruction"]},
+                           {"role": "assistant", "content": r["response"]}], "source": "qa"} for r in rows]
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(c) for c in chats).encode())
+    with pytest.warns(UserWarning) as warned:
+        code = main(["finetune", "--method", "lora", "--data", str(path), "--epochs", "1", "--limit", "4",
+                     "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    said = " ".join(str(w.message) for w in warned)
+    assert "byte-order mark" in said and "dropped 1 field(s) that are not used: 'source'" in said
+    assert "40 rows; held out before training, with seed 0: 12 test and 4 validation rows" in out
+    assert "lora fine-tuning on " in out and "lr 0.01" in out and "rouge_l" in out
 
 
 def test_finetune_command_trains_and_reports(capsys, tmp_path):

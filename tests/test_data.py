@@ -1,3 +1,4 @@
+import json
 import random
 import re
 
@@ -273,3 +274,51 @@ def test_reading_documents_ask_only_what_their_notes_say():
         for answer in re.findall(r"\nA: (\w+)", document):
             assert answer in notes
     assert chance_level() == pytest.approx(1 / 12)
+
+
+def chat(question: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]
+
+
+def test_every_data_format_reads_the_same_rows(tmp_path):
+    import pandas as pd
+
+    from ftcourse.data import read_training_rows
+    rows = [{"instruction": f"Add {i} and 2, please", "response": str(i + 2)} for i in range(5)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)         # quotes the commas
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    for suffix in ("jsonl", "json", "csv", "parquet"):
+        assert read_training_rows(tmp_path / f"d.{suffix}") == rows, suffix
+    chats = [{"messages": chat(r["instruction"], r["response"])} for r in rows]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(c) for c in chats))
+    pd.DataFrame(chats).to_parquet(tmp_path / "c.parquet")               # a list of structs per row
+    as_text = [{"messages": json.dumps(c["messages"])} for c in chats]      # a CSV cell holds JSON text
+    pd.DataFrame(as_text).to_csv(tmp_path / "c.csv", index=False)
+    for suffix in ("jsonl", "parquet", "csv"):
+        assert read_training_rows(tmp_path / f"c.{suffix}") == chats, suffix
+
+
+def test_a_byte_order_mark_is_dropped_with_a_warning(tmp_path):
+    from ftcourse.data import read_rows
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufeffinstruction,response\nSay hi,hi\n".encode())
+    with pytest.warns(UserWarning, match="byte-order mark"):
+        assert read_rows(path, ("instruction", "response")) == [{"instruction": "Say hi", "response": "hi"}]
+
+
+def test_your_own_data_is_split_by_prompt_before_training(tmp_path):
+    from ftcourse.data import evaluation_row, load_data_file, prompt_of
+    chats = [{"messages": chat(f"What is {i} plus {i}?", str(2 * i))} for i in range(40)]
+    chats += [{"messages": chat("What is 0 plus 0?", "zero")}]           # the same prompt again
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(c) for c in chats))
+    splits = load_data_file(tmp_path / "c.jsonl", seed=5)
+    assert sum(map(len, splits.values())) == 41 and len(splits["test"]) == 12
+    train_prompts = {prompt_of(row) for row in splits["train"] + splits["validation"]}
+    test_prompts = {json.dumps(row["messages"]) for row in splits["test"]}
+    assert not train_prompts & test_prompts
+    assert evaluation_row(chats[3]) == {"messages": chats[3]["messages"][:2], "response": "6"}
+    path = tmp_path / "c.jsonl"
+    assert load_data_file(path, seed=5) == splits != load_data_file(path, seed=6)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from ftcourse.adapters import IA3, BottleneckAdapter
 from ftcourse.lora import LoRA, lora_state_dict, read_adapter_config
-from ftcourse.methods import get_method, save_trained
+from ftcourse.methods import RECOMMENDED, get_method, save_trained
 from ftcourse.prompts import PromptTuning
 from ftcourse.qlora import QLoRA
 
@@ -54,3 +54,28 @@ def test_saved_megabytes_is_the_size_of_what_save_trained_writes(base, tmp_path)
     model = LoRA(r=4).apply(copy.deepcopy(base[0]))
     folder = save_trained(model, LoRA(r=4), tmp_path / "out")
     assert saved_megabytes(model, LoRA(r=4)) == sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+
+
+@pytest.fixture(scope="module")
+def qa_before(base):
+    from ftcourse.data import load_task
+    from ftcourse.evaluate import score_task
+
+    test = list(load_task("qa")["test"])
+    return test, score_task(*base, test)
+
+
+@pytest.mark.parametrize("name", sorted(RECOMMENDED))
+def test_each_methods_recommended_run_beats_the_base_model_on_qa(name, base, qa_before):
+    """What `ftcourse finetune --method NAME --task qa` does with no other flag: the recommended
+    config, its learning rate and 3 epochs; QA must rise clear of the base model."""
+    from ftcourse.data import load_task
+    from ftcourse.evaluate import score_task
+    from ftcourse.sft import finetune
+
+    test, before = qa_before
+    train = load_task("qa")["train"]
+    model, _ = finetune(copy.deepcopy(base[0]), base[1], train, RECOMMENDED[name][0], memory_check="off",
+                        progress=False)
+    after = score_task(model, base[1], test)
+    assert after.ci.low > before.ci.high, (name, before.ci, after.ci)

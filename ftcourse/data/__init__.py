@@ -17,7 +17,14 @@ from __future__ import annotations
 from functools import cache
 
 from ftcourse.data.checks import require_disjoint, require_fields
-from ftcourse.data.files import read_rows, split_rows
+from ftcourse.data.files import (
+    evaluation_row,
+    load_data_file,
+    prompt_of,
+    read_rows,
+    read_training_rows,
+    split_rows,
+)
 from ftcourse.data.hub import HUB_TASKS, load_hub_task, split_sizes
 from ftcourse.data.tasks import (
     PROMPT_FIELD,
@@ -107,5 +114,6 @@ def _check_task(name: str) -> None:
         raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_FIELDS)}.")
 
 
-__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "count_rows", "default_world", "load_task", "make_world",
-           "read_rows", "require_disjoint", "require_fields", "split_rows", "synthetic_rows"]
+__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "count_rows", "default_world", "evaluation_row",
+           "load_data_file", "load_task", "make_world", "prompt_of", "read_rows", "read_training_rows",
+           "require_disjoint", "require_fields", "split_rows", "synthetic_rows"]

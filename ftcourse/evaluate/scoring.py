@@ -36,16 +36,18 @@ def score_task(model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, str]],
                metric: str | None = None, max_new_tokens: int = 48, batch_size: int = 64,
                seed: int = 0, prompt: Callable[[dict[str, str]], str] | None = None,
                do_sample: bool = False, temperature: float = 1.0) -> TaskScore:
-    """Answers to each row's `instruction`, scored against its `response`: greedy unless
-    `do_sample`. With `prompt`, each row becomes raw text instead of a chat turn (a few-shot or
-    retrieval prompt) and the answer is the continuation up to its first line break or full stop."""
+    """Answers to each row's `instruction` (or to its chat so far, `messages`), scored against its
+    `response`: greedy unless `do_sample`. With `prompt`, each row becomes raw text instead of a
+    chat turn (a few-shot or retrieval prompt) and the answer is the continuation up to its first
+    line break or full stop."""
     metric = metric or TASK_METRICS.get(rows[0].get("task", ""), "exact_match")
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; known: {', '.join(METRICS)}.")
     options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                    temperature=temperature, seed=seed)
     if prompt is None:
-        predictions = generate(model, tokenizer, [row["instruction"] for row in rows], **options)
+        asked = [row["messages"] if "messages" in row else row["instruction"] for row in rows]
+        predictions = generate(model, tokenizer, asked, **options)
     else:
         continuations = generate(model, tokenizer, [prompt(row) for row in rows], chat=False, **options)
         predictions = [text.strip().split("\n")[0].split(".")[0].strip() for text in continuations]
