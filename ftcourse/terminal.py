@@ -23,17 +23,17 @@ def converse(model: Any, tokenizer: Any, read: Callable[[], str], write: Callabl
     `read` raises EOFError (Ctrl-D) or either raises KeyboardInterrupt (Ctrl-C). Returns the
     number of answers given."""
     chat = [{"role": "system", "content": system}] if system else []
-    answered = 0
+    answered, limit = 0, positions(model)
     while True:
         try:
             line = read().strip()
             if not line:
                 continue
             chat.append({"role": "user", "content": line})
-            dropped = fit_chat(tokenizer, chat, positions(model) - max_new_tokens)
+            dropped = fit_chat(tokenizer, chat, limit - max_new_tokens)
             if dropped:
-                write(f"(the oldest {dropped} turn(s) no longer fit the model's {positions(model)} positions "
-                      "and were dropped)\n")
+                write(f"(the oldest {dropped} turn(s) no longer fit the model's {limit} positions and were "
+                      "dropped)\n")
             if not any(turn["role"] == "user" for turn in chat):
                 write("(that message alone is longer than the model can read; say something shorter)\n")
                 continue

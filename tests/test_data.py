@@ -268,7 +268,7 @@ def test_reading_probes_hold_the_answer_only_when_the_passage_is_in_context():
 def test_reading_documents_ask_only_what_their_notes_say():
     world, rng = default_world(), random.Random(0)
     for _ in range(200):
-        document = reading_document(world, rng)
+        document = reading_document(stranger_first_names(world, "train"), rng)
         assert "<|" not in document
         notes = document.split("\n\n")[0]
         for answer in re.findall(r"\nA: (\w+)", document):

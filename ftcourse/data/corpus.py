@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from ftcourse.data.reading import reading_document
+from ftcourse.data.reading import reading_document, stranger_first_names
 from ftcourse.data.tasks import ARITHMETIC_STATEMENTS, WORDS, arithmetic_facts, routing_cores, routing_message
 from ftcourse.data.world import ATTRIBUTES, STATEMENTS, World, biography, statement
 
@@ -51,10 +51,11 @@ def pretraining_documents(world: World, num_documents: int, seed: int) -> list[s
     """`num_documents` documents drawn from `MIX` with `seed`: the same seed, the same corpus."""
     rng = random.Random(seed)
     train_cores = routing_cores(world.seed)["train"]
+    stranger_names = stranger_first_names(world, "train")
     kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=num_documents)
     make = {"biography": lambda: biography(rng.choice(world.people), rng),
             "facts": lambda: _facts_document(world, rng),
-            "reading": lambda: reading_document(world, rng),
+            "reading": lambda: reading_document(stranger_names, rng),
             "arithmetic": lambda: _arithmetic_document(rng),
             "routing": lambda: _routing_document(train_cores, rng),
             "words": lambda: _words_document(rng)}

@@ -36,9 +36,7 @@ def read_rows(path: str | Path, fields: Sequence[str]) -> list[dict[str, Any]]:
     Other fields are dropped with a warning naming them and counting the rows that had them.
     """
     path = Path(path)
-    rows = _load(path, fields)
-    require_fields(rows, fields, name=f"data file {path}")
-    return _keep_fields(path, rows, fields)
+    return _checked(path, _load(path, fields), fields)
 
 
 def read_training_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -48,18 +46,14 @@ def read_training_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows = _load(path, INSTRUCTION_FIELDS)
     if CHAT_FIELD not in rows[0]:
-        return read_rows(path, INSTRUCTION_FIELDS)
+        return _checked(path, rows, INSTRUCTION_FIELDS)
     chats = [{CHAT_FIELD: _as_chat(row, f"{path}, row {index}")} for index, row in enumerate(rows)]
     return _keep_fields(path, [row | chat for row, chat in zip(rows, chats)], (CHAT_FIELD,))
 
 
 def prompt_of(row: dict[str, Any]) -> str:
     """What a row asks: its instruction, or its chat up to the last assistant turn (as JSON)."""
-    if CHAT_FIELD in row:
-        turns = row[CHAT_FIELD]
-        last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
-        return json.dumps(turns[:last])
-    return row["instruction"]
+    return json.dumps(evaluation_row(row)[CHAT_FIELD]) if CHAT_FIELD in row else row["instruction"]
 
 
 def evaluation_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +110,12 @@ def _load(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
         raise ValueError(f"{path} has no rows: it needs at least one object with fields {list(fields)} "
                          f"(or a {CHAT_FIELD!r} list of chat turns).")
     return rows
+
+
+def _checked(path: Path, rows: list[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    """`rows` with non-empty string `fields` (`require_fields`), and only those."""
+    require_fields(rows, fields, name=f"data file {path}")
+    return _keep_fields(path, rows, fields)
 
 
 def _keep_fields(path: Path, rows: list[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:

@@ -43,10 +43,10 @@ def stranger_first_names(world: World, split: str) -> list[str]:
     return [name for name, kept in zip(free, held_out) if kept == (split == "held-out")]
 
 
-def strangers(world: World, count: int, rng: random.Random, split: str = "train") -> list[Person]:
-    """`count` strangers with different first names and random facts."""
-    firsts = rng.sample(stranger_first_names(world, split), count)
-    return [invent_person(first, rng.choice(last_names()), rng) for first in firsts]
+def strangers(names: list[str], count: int, rng: random.Random) -> list[Person]:
+    """`count` strangers with different first names from `names` (one of `stranger_first_names`'
+    lists), random last names and random facts."""
+    return [invent_person(first, rng.choice(last_names()), rng) for first in rng.sample(names, count)]
 
 
 def sentence_start(person: Person, attribute: str, rng: random.Random) -> str:
@@ -61,17 +61,19 @@ def _passage(facts: list[tuple[Person, str]], rng: random.Random) -> str:
                     for person, attribute in facts)
 
 
-def reading_document(world: World, rng: random.Random) -> str:
-    """Notes about one to four strangers, then some of their facts asked again: as statements
-    after a recall header, or as question/answer pairs in the few-shot layout ("Q: ...\\nA: ...")."""
-    people = strangers(world, rng.randint(1, 4), rng)
-    pairs = [(person, attribute) for person in people for attribute in ATTRIBUTES]
-    facts = rng.sample(pairs, rng.randint(2, min(5, len(pairs))))
+def reading_document(names: list[str], rng: random.Random) -> str:
+    """Notes about one to four strangers (first names from `names`: the "train" list of
+    `stranger_first_names`), then some of their facts asked again: as statements after a recall
+    header, or as question/answer pairs in the few-shot layout ("Q: ...\\nA: ...")."""
+    people = strangers(names, rng.randint(1, 4), rng)
+    known = [(person, attribute) for person in people for attribute in ATTRIBUTES]
+    facts = rng.sample(known, rng.randint(2, min(5, len(known))))
     notes = " ".join(filter(None, [rng.choice(NOTES_HEADERS), _passage(facts, rng)]))
     asked = rng.sample(facts, rng.randint(1, min(3, len(facts))))
     if rng.random() < QUESTION_SHARE:
-        pairs = [f"Q: {question(p, a, rng.randrange(len(QUESTIONS[a])))}\nA: {p.facts[a]}" for p, a in asked]
-        return notes + "\n\n" + "\n\n".join(pairs)
+        answers = [f"Q: {question(p, a, rng.randrange(len(QUESTIONS[a])))}\nA: {p.facts[a]}"
+                   for p, a in asked]
+        return notes + "\n\n" + "\n\n".join(answers)
     recalled = " ".join(f"{sentence_start(p, a, rng)} {p.facts[a]}." for p, a in asked)
     return " ".join(filter(None, [notes, rng.choice(RECALL_HEADERS), recalled]))
 
@@ -82,17 +84,16 @@ def reading_probes(world: World, num_probes: int = 200, seed: int = 0,
     them, then "Recall:" and the start of a sentence about one. With `passage=False` the fact
     asked about is swapped for one about a fourth stranger, so the answer is nowhere in the
     notes (and the same draws are made either way: the two lists are paired item by item)."""
-    rng = random.Random(seed)
+    rng, names = random.Random(seed), stranger_first_names(world, "held-out")
     probes = []
     for _ in range(num_probes):
-        *people, absent = strangers(world, 4, rng, "held-out")
+        *people, absent = strangers(names, 4, rng)
         facts = [(person, rng.choice(list(ATTRIBUTES))) for person in people]
         target = rng.randrange(len(facts))
         person, attribute = facts[target]
+        elsewhere = (absent, rng.choice(list(ATTRIBUTES)))
         if not passage:
-            facts[target] = (absent, rng.choice(list(ATTRIBUTES)))
-        else:
-            rng.choice(list(ATTRIBUTES))      # the same draws either way
+            facts[target] = elsewhere
         probes.append((f"Notes: {_passage(facts, rng)} Recall: {sentence_start(person, attribute, rng)}",
                        person.facts[attribute]))
     return probes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cache
 
 # Every person has one value of each attribute. Jobs and pets start with a consonant ("a baker").
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -75,14 +76,16 @@ class World:
         return [(person, attribute) for person in group for attribute in ATTRIBUTES]
 
 
-def first_names() -> list[str]:
+@cache
+def first_names() -> tuple[str, ...]:
     """Every first name the world can invent: two different syllables ("kalo")."""
-    return [a + b for a in _SYLLABLES for b in _SYLLABLES if a != b]
+    return tuple(a + b for a in _SYLLABLES for b in _SYLLABLES if a != b)
 
 
-def last_names() -> list[str]:
+@cache
+def last_names() -> tuple[str, ...]:
     """Every last name the world can invent: two syllables and an ending ("torsel" + "n")."""
-    return [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in ("n", "k", "th", "s")]
+    return tuple(a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in ("n", "k", "th", "s"))
 
 
 def invent_person(first: str, last: str, rng: random.Random) -> Person:
