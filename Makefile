@@ -36,7 +36,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ftcourse tests benchmarks sitetests
+	$(BIN)/ruff check ftcourse tests benchmarks sitetests cloud
 	$(BIN)/nbstripout --verify notebooks/*.ipynb book/*.ipynb
 
 book: $(STAMP)

@@ -8,6 +8,8 @@
     ftcourse memory --model Llama-2-7B       predict the memory of a training run, itemised
     ftcourse evaluate --task qa --out r.csv  score a model (or an adapter) with 95% intervals
     ftcourse chat --model DIR [--adapter A]  talk to a model in the terminal (Ctrl-D or Ctrl-C ends)
+    ftcourse export --adapter A --out DIR    a merged Hugging Face folder, the adapter, and GGUF files
+    ftcourse serve --adapter qa=A ...        one base and its adapters over HTTP (OpenAI API, llama.cpp)
     ftcourse download --profile gpu --to D   copy a GPU profile's model and datasets to D (needs network)
 """
 
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--limit", type=positive_int, default=None,
                           help="score at most this many test items per task")
-    finetune.add_argument("--out", default=None, help="save the fine-tuned model here")
+    finetune.add_argument("--out", default=None, help="save the fine-tuned model here (in a SageMaker "
+                          "training job: $SM_MODEL_DIR; the data: the one file in $SM_CHANNEL_TRAIN)")
     finetune.add_argument("--no-progress", action="store_true")
     finetune.add_argument("--ignore-memory-check", action="store_true",
                           help="start even if the memory model predicts the run will not fit (it is "
@@ -114,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--profile", choices=sorted(PROFILES), default=None)
     chat.add_argument("--system", default=None, help="a system message to open the chat with")
     chat.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest answer, in tokens")
+
+    export = commands.add_parser("export", help="a merged Hugging Face folder, the adapter in peft's "
+                                 "format, and GGUF files for llama.cpp")
+    export.add_argument("--model", default=None, help="the base (or fully fine-tuned) model folder or hub id "
+                        "(default: the profile's)")
+    export.add_argument("--adapter", default=None,
+                        help="a LoRA adapter folder (from finetune --out) to merge")
+    export.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    export.add_argument("--out", required=True, help="folder for merged/, adapter/ and gguf/")
+    export.add_argument("--gguf", default="F32,F16", help="comma-separated GGUF types of the merged model, "
+                        "from F32, F16, Q8_0, Q4_0, or none (default: F32,F16)")
+
+    serve = commands.add_parser("serve", help="serve a base model and LoRA adapters over an "
+                                "OpenAI-compatible HTTP API on 127.0.0.1 (llama.cpp's server)")
+    serve.add_argument("--model", default=None, help="base model folder or hub id (default: the profile's)")
+    serve.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                       help="an adapter folder served as model NAME; repeat for each task")
+    serve.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    serve.add_argument("--port", type=positive_int, default=8080)
+    serve.add_argument("--workdir", default=None,
+                       help="where the GGUF files go (default: a temporary folder)")
 
     memory = commands.add_parser("memory", help="predict the memory of training a model, itemised")
     memory.add_argument("--model", default="embedded",
@@ -182,7 +206,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ftcourse.models import load_base
     from ftcourse.sft import finetune
     from ftcourse.train import TrainConfig
+    from ftcourse.training_job import job_paths
 
+    job = job_paths()                   # a SageMaker training job's data, model and output folders
+    if job.data and not args.data:
+        args.data = str(job.data)
+    args.out = args.out or (str(job.model_dir) if job.model_dir else None)
     method = method_from_args(args)
     lr = args.lr or recommended_lr(method)
     model, tokenizer = load_base(args.model, profile=args.profile)
@@ -212,10 +241,101 @@ def run_finetune(args: argparse.Namespace) -> int:
     for task in test_by_task:
         print(f"{task:<12} {after[task].metric:<12} {len(after[task].scores):>4}  "
               f"{before[task].ci!s:>22}  {after[task].ci!s:>22}")
+    record = {"method": args.method, "config": repr(method), "lr": lr, "epochs": args.epochs,
+              "seed": args.seed, "data": args.data or f"ftcourse task {args.task}",
+              "base_model": args.model or model.name_or_path,
+              "scores": {task: {"metric": after[task].metric, "n": len(after[task].scores),
+                                "before": str(before[task].ci), "after": str(after[task].ci)}
+                         for task in test_by_task}}
     if args.out:
         from ftcourse.methods import save_trained
 
-        print(f"saved to {save_trained(model, method, args.out, tokenizer)}")
+        saved = save_trained(model, method, args.out, tokenizer)
+        (saved / RUN_RECORD).write_text(json.dumps(record, indent=1))
+        print(f"saved to {saved}")
+    if job.output_dir:
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        (job.output_dir / "metrics.json").write_text(json.dumps(record, indent=1))
+    return 0
+
+
+RUN_RECORD = "ftcourse_run.json"     # what finetune --out trained, on what, and how it scored
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ftcourse.export import bedrock_problems, export_merged, model_card
+    from ftcourse.llamacpp import FILE_TYPES, write_gguf, write_lora_gguf
+    from ftcourse.models import load_base, model_label
+
+    types = [] if args.gguf.lower() == "none" else [kind.strip().upper() for kind in args.gguf.split(",")]
+    if unknown := [kind for kind in types if kind not in FILE_TYPES]:
+        raise ValueError(f"Unknown GGUF type(s) {unknown}; use {', '.join(FILE_TYPES)} or none.")
+    model, tokenizer = load_base(args.model, profile=args.profile)
+    out, source = Path(args.out), Path(args.adapter or args.model or "")
+    record = json.loads((source / RUN_RECORD).read_text()) if (source / RUN_RECORD).is_file() else {}
+    if args.adapter:
+        from ftcourse.lora import load_adapter, read_adapter_config, save_adapter
+
+        model = load_adapter(model, args.adapter)
+        adapter = save_adapter(model, out / "adapter", read_adapter_config(args.adapter))
+        print(f"adapter (peft format) -> {adapter}")
+    scores = {f"{task} ({s['metric']}, n={s['n']})": f"{s['after']} (base: {s['before']})"
+              for task, s in record.get("scores", {}).items()} or {"not recorded": "run ftcourse evaluate"}
+    card = model_card(base_model=args.model or model_label(model), scores=scores,
+                      method=record.get("method", "lora" if args.adapter else "full"),
+                      config=record.get("config", "not recorded"),
+                      data=record.get("data", "not recorded (export of a model without ftcourse_run.json)"))
+    merged = export_merged(model, tokenizer, out / "merged", card=card)
+    print(f"merged Hugging Face folder -> {merged}")
+    for problem in bedrock_problems(merged):
+        print(f"  note: Bedrock Custom Model Import would refuse it: {problem}", file=sys.stderr)
+    if types:
+        from ftcourse.export import merged_copy
+
+        plain = merged_copy(model)
+        for kind in types:
+            path = write_gguf(plain, tokenizer, out / "gguf" / f"model-{kind}.gguf", kind)
+            print(f"GGUF {kind} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        if args.adapter:
+            print(f"GGUF adapter -> {write_lora_gguf(model, out / 'gguf' / 'adapter.gguf')}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from ftcourse.batching import max_positions
+    from ftcourse.llamacpp import write_gguf, write_lora_gguf
+    from ftcourse.lora import load_adapter
+    from ftcourse.models import load_base
+    from ftcourse.serving import start_server
+
+    adapters = {}
+    for given in args.adapter:
+        name, sep, folder = given.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--adapter {given!r}: write NAME=FOLDER, e.g. --adapter qa=runs/qa.")
+        adapters[name] = folder
+    model, tokenizer = load_base(args.model, profile=args.profile)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ftcourse-serve-"))
+    base = write_gguf(model, tokenizer, workdir / "base-F32.gguf")
+    files = {name: write_lora_gguf(load_adapter(copy.deepcopy(model), folder), workdir / f"{name}.gguf")
+             for name, folder in adapters.items()}         # each on a fresh copy: targets may differ
+    server = start_server(base, files, n_ctx=max_positions(model) or 2048, port=args.port, workdir=workdir)
+    print(f"Serving {', '.join(server.models)} at {server.url}/v1 (OpenAI API; the request's \"model\" picks "
+          f"the adapter). Try:\n  curl {server.url}/v1/chat/completions -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{next(iter(adapters), 'base')}\", \"messages\": [{{\"role\": \"user\", "
+          f"\"content\": \"Hello\"}}]}}'\nCtrl-C stops it.", flush=True)
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 
@@ -390,7 +510,8 @@ def run_download(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune, "chat": run_chat,
-           "memory": run_memory, "evaluate": run_evaluate, "download": run_download}[args.command]
+           "memory": run_memory, "evaluate": run_evaluate, "download": run_download, "export": run_export,
+           "serve": run_serve}[args.command]
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as err:

@@ -854,6 +854,67 @@ def cli_run_too_big(scratch):
         run_command("finetune", "--method", "full", "--no-progress")
 
 
+# ---------------------------------------------------------------- export, serving, training jobs
+
+@bad_input("export", "merging a prompt-tuned model into a plain model", ValueError,
+           "only full fine-tuning, LoRA and QLoRA merge", "methods.save_trained")
+def export_soft_prompt_merge(scratch):
+    from ftcourse.export import merged_copy
+    from ftcourse.prompts import PromptTuning
+
+    merged_copy(PromptTuning(num_virtual_tokens=2).apply(small_llama(), tokenizer()))
+
+
+@bad_input("export", "a GGUF file of a model whose LoRA layers are not merged", ValueError,
+           "merge them first", "merged_copy", "write_lora_gguf")
+def export_gguf_unmerged(scratch):
+    from ftcourse.llamacpp import write_gguf
+    from ftcourse.lora import LoRA, apply_lora
+
+    write_gguf(apply_lora(small_llama(), LoRA()), tokenizer(), scratch / "model.gguf")
+
+
+@bad_input("export", "a GGUF file of a model that is not Llama-family", ValueError,
+           "Llama-family", "'gpt2'", "convert_hf_to_gguf.py")
+def export_gguf_not_llama(scratch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ftcourse.llamacpp import write_gguf
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer()), n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=1, eos_token_id=2))
+    write_gguf(model, tokenizer(), scratch / "model.gguf")
+
+
+@bad_input("cli", "a GGUF type llama.cpp has but ftcourse does not write", CommandFailed, "exit 2",
+           "Unknown GGUF type(s) ['Q4_K_M']", "F32, F16, Q8_0, Q4_0")
+def cli_unknown_gguf_type(scratch):
+    run_command("export", "--out", str(scratch), "--gguf", "Q4_K_M")
+
+
+@bad_input("cli", "a served adapter without its name", CommandFailed, "exit 2", "write NAME=FOLDER")
+def cli_serve_unnamed_adapter(scratch):
+    run_command("serve", "--adapter", str(scratch))
+
+
+@bad_input("serving", "a served model whose GGUF file does not exist", FileNotFoundError,
+           "qa: no GGUF file", "ftcourse export")
+def serve_missing_adapter_file(scratch):
+    from ftcourse.serving import start_server
+
+    start_server(write(scratch / "base.gguf", b"GGUF"), {"qa": scratch / "qa.gguf"}, n_ctx=128)
+
+
+@bad_input("data", "a training job's data channel with two data files", FileNotFoundError,
+           "SM_CHANNEL_TRAIN=", "holds 2 data files (a.jsonl, b.csv)", "exactly one")
+def job_channel_two_files(scratch):
+    from ftcourse.training_job import job_paths
+
+    write(scratch / "a.jsonl", "{}")
+    write(scratch / "b.csv", "instruction,response\n")
+    job_paths({"SM_CHANNEL_TRAIN": str(scratch)})
+
+
 # ---------------------------------------------------------------- the docs table
 
 def markdown_table() -> str:

@@ -7,12 +7,13 @@ import nbformat
 import pytest
 from planted_efficient import PLANTED as PLANTED_EFFICIENT
 from planted_foundations import PLANTED as PLANTED_FOUNDATIONS
+from planted_production import PLANTED as PLANTED_PRODUCTION
 
 from ftcourse.exercises import EXERCISES, ExerciseFailed, check, for_chapter, show_solution
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-CHAPTERS = sorted(path.stem for path in NOTEBOOKS.glob("0*.ipynb") if path.stem != "09_claims_ledger")
-PLANTED = {**PLANTED_FOUNDATIONS, **PLANTED_EFFICIENT}
+CHAPTERS = sorted(path.stem for path in NOTEBOOKS.glob("[0-9]*.ipynb") if path.stem != "09_claims_ledger")
+PLANTED = {**PLANTED_FOUNDATIONS, **PLANTED_EFFICIENT, **PLANTED_PRODUCTION}
 
 
 def test_every_chapter_has_two_to_four_exercises():

@@ -9,6 +9,7 @@ from ftcourse.exercises import (  # noqa: F401  (importing a module registers it
     lora,
     memory,
     preferences,
+    production,
     prompts,
     quant,
     quickstart,

@@ -1,0 +1,135 @@
+"""Serving one base and two LoRA adapters through llama.cpp's server: each answer is the adapter's
+own greedy generation in process, malformed requests get a 4xx with a message, and the server stops
+within a bounded wait. The engine's own answers to malformed requests are reproduced below."""
+
+import copy
+import json
+import time
+
+import pytest
+import torch
+
+from ftcourse.generate import generate
+from ftcourse.llamacpp import write_gguf, write_lora_gguf
+from ftcourse.lora import LoRA, apply_lora, lora_layers
+from ftcourse.serving import chat_completion, free_port, post, server_config, serving, start_server
+
+PROMPTS = ["What is the home town of Ana Bel?", "Describe Bello Torbeln.", "What is 12 plus 30?"]
+MAX_TOKENS = 32
+
+
+def random_adapter(base, seed: int):
+    """An adapter with A and B drawn from `seed` (B not zero), so it changes the base's answers."""
+    torch.manual_seed(seed)                                     # lora_A's initialisation
+    model = apply_lora(copy.deepcopy(base), LoRA(r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj",
+                                                                       "up_proj")))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(base, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    model, tokenizer = base
+    adapters = {"qa": random_adapter(model, 1), "describe": random_adapter(model, 2)}
+    files = {name: write_lora_gguf(adapter, folder / f"{name}.gguf") for name, adapter in adapters.items()}
+    base_file = write_gguf(model, tokenizer, folder / "base.gguf")
+    with serving(base_file, files, n_ctx=512, workdir=folder) as server:
+        yield server, {"base": model, **adapters}, tokenizer
+    assert server.process.returncode is not None
+
+
+def test_each_adapter_answers_as_it_does_in_process(served):
+    server, models, tokenizer = served
+    answers = {}
+    for name, model in models.items():
+        for prompt in PROMPTS:
+            reply = chat_completion(server, name, [{"role": "user", "content": prompt}], MAX_TOKENS)
+            ours = generate(model, tokenizer, [prompt], max_new_tokens=MAX_TOKENS)[0]
+            assert reply["model"] == name
+            assert reply["choices"][0]["message"]["content"].strip() == ours, (name, prompt)
+            answers[name, prompt] = ours
+    for prompt in PROMPTS:       # the request's model picked the adapter: the three answer differently
+        assert len({answers[name, prompt] for name in models}) == 3, prompt
+
+
+@pytest.mark.parametrize("body, status, says", [
+    (b"{not json", 400, "not valid JSON"),
+    ({"model": "qa"}, 400, "'messages' must be a non-empty list"),
+    ({"model": "qa", "messages": [{"role": "wizard", "content": "hi"}]}, 400,
+     "messages[0] must be an object"),
+    ({"model": "translate", "messages": [{"role": "user", "content": "hi"}]}, 404,
+     "'translate' is not served"),
+    ({"model": "qa", "messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 4}, 400,
+     "maximum context length is 512"),
+])
+def test_malformed_requests_get_a_4xx_with_a_message(served, body, status, says):
+    server = served[0]
+    code, reply = post(f"{server.url}/v1/chat/completions", body)
+    assert code == status and says in reply["error"]["message"]
+    assert chat_completion(server, "qa", [{"role": "user", "content": "hi"}], 2)["choices"]   # still serving
+
+
+def test_the_server_lists_its_models_and_stops_within_a_bounded_wait(base, tmp_path):
+    import urllib.request
+
+    model, tokenizer = base
+    base_file = write_gguf(model, tokenizer, tmp_path / "base.gguf")
+    server = start_server(base_file, {}, n_ctx=512, workdir=tmp_path)
+    with urllib.request.urlopen(f"{server.url}/v1/models", timeout=5) as reply:
+        assert [entry["id"] for entry in json.loads(reply.read())["data"]] == ["base"]
+    start = time.monotonic()
+    assert server.stop(timeout=10) is not None and time.monotonic() - start < 25
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/v1/models", timeout=2)
+
+
+def test_bad_server_setups_are_clear_errors(tmp_path):
+    (tmp_path / "base.gguf").write_bytes(b"GGUF")
+    with pytest.raises(FileNotFoundError, match="qa: no GGUF file"):
+        start_server(tmp_path / "base.gguf", {"qa": tmp_path / "qa.gguf"}, n_ctx=512)
+    with pytest.raises(ValueError, match="may not be called 'base'"):
+        server_config("b.gguf", {"base": "a.gguf"}, port=1, n_ctx=512)
+
+
+# llama-cpp-python 0.3.36's own server, without RequestCheck: answers that should be a 4xx. Strict
+# xfails: the day one is fixed it passes, the test fails, and the check in front can go.
+@pytest.mark.parametrize("body", [
+    pytest.param(b"{not json",
+                 marks=pytest.mark.xfail(strict=True, reason="answers 500 Internal Server Error")),
+    pytest.param({"model": "qa", "messages": [{"role": "wizard", "content": "hi"}]},
+                 marks=pytest.mark.xfail(strict=True, reason="answers 500 with the validation errors")),
+    pytest.param({"model": "translate", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                 marks=pytest.mark.xfail(strict=True, reason="answers 200 from the first model")),
+    pytest.param({"model": "qa", "max_tokens": 2},
+                 marks=pytest.mark.xfail(strict=True, reason="answers 200 with no messages at all")),
+])
+def test_llama_cpp_server_alone_answers_malformed_requests_with_a_4xx(base, tmp_path, body):
+    import subprocess
+    import sys
+    import urllib.request
+
+    model, tokenizer = base
+    config = server_config(write_gguf(model, tokenizer, tmp_path / "base.gguf"), {}, port=free_port(),
+                           n_ctx=512)
+    config["models"][0]["model_alias"] = "qa"
+    (tmp_path / "server.json").write_text(json.dumps(config))
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
+                                str(tmp_path / "server.json")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{config['port']}"
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        code, _ = post(f"{url}/v1/chat/completions", body)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert 400 <= code < 500
