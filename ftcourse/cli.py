@@ -273,8 +273,9 @@ def run_export(args: argparse.Namespace) -> int:
     if unknown := [kind for kind in types if kind not in FILE_TYPES]:
         raise ValueError(f"Unknown GGUF type(s) {unknown}; use {', '.join(FILE_TYPES)} or none.")
     model, tokenizer = load_base(args.model, profile=args.profile)
-    out, source = Path(args.out), Path(args.adapter or args.model or "")
-    record = json.loads((source / RUN_RECORD).read_text()) if (source / RUN_RECORD).is_file() else {}
+    out, trained = Path(args.out), args.adapter or args.model          # finetune --out wrote either
+    record_file = Path(trained) / RUN_RECORD if trained else None
+    record = json.loads(record_file.read_text()) if record_file and record_file.is_file() else {}
     if args.adapter:
         from ftcourse.lora import load_adapter, read_adapter_config, save_adapter
 

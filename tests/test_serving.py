@@ -12,17 +12,17 @@ import torch
 from ftcourse.generate import generate
 from ftcourse.llamacpp import write_gguf, write_lora_gguf
 from ftcourse.lora import LoRA, apply_lora, lora_layers
-from ftcourse.serving import chat_completion, free_port, post, server_config, serving, start_server
+from ftcourse.serving import Server, chat_completion, free_port, post, server_config, serving, start_server
 
 PROMPTS = ["What is the home town of Ana Bel?", "Describe Bello Torbeln.", "What is 12 plus 30?"]
 MAX_TOKENS = 32
+ADAPTER = LoRA(r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "up_proj"))
 
 
 def random_adapter(base, seed: int):
     """An adapter with A and B drawn from `seed` (B not zero), so it changes the base's answers."""
     torch.manual_seed(seed)                                     # lora_A's initialisation
-    model = apply_lora(copy.deepcopy(base), LoRA(r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj",
-                                                                       "up_proj")))
+    model = apply_lora(copy.deepcopy(base), ADAPTER)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora_layers(model).values():
@@ -84,6 +84,42 @@ def test_the_server_lists_its_models_and_stops_within_a_bounded_wait(base, tmp_p
     start = time.monotonic()
     assert server.stop(timeout=10) is not None and time.monotonic() - start < 25
     with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/v1/models", timeout=2)
+
+
+def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ftcourse.lora import save_adapter
+
+    model, tokenizer = base
+    adapter = random_adapter(model, 3)
+    save_adapter(adapter, tmp_path / "qa", ADAPTER)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ftcourse.cli", "serve", "--adapter",
+                                f"qa={tmp_path / 'qa'}", "--port", str(port),
+                                "--workdir", str(tmp_path / "work")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = Server(f"http://127.0.0.1:{port}", process, tmp_path / "work" / "server.log")
+    try:
+        for _ in range(300):                       # at most a minute to load, export and start
+            try:
+                urllib.request.urlopen(f"{server.url}/v1/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        reply = chat_completion(server, "qa", [{"role": "user", "content": PROMPTS[0]}], MAX_TOKENS)
+        assert reply["choices"][0]["message"]["content"].strip() == \
+            generate(adapter, tokenizer, [PROMPTS[0]], max_new_tokens=MAX_TOKENS)[0]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err[-2000:]
+    assert f"Serving base, qa at http://127.0.0.1:{port}/v1" in out
+    with pytest.raises(OSError):                   # and the llama.cpp server stopped with it
         urllib.request.urlopen(f"{server.url}/v1/models", timeout=2)
 
 
