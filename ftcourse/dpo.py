@@ -111,13 +111,27 @@ def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig
                  description="dpo")
 
 
-def preference_accuracy(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
-    """1.0 for each pair whose chosen answer the model finds more likely than the rejected one."""
+def pair_logprobs(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
+    """log p(answer | prompt) of each pair's chosen and rejected answer under `model`: (pairs, 2)."""
     tokenized = tokenize_pairs(tokenizer, pairs)
     require_within_positions(model, tokenized)
-    correct = []
+    rows = []
     with evaluating(model):
         for batch in batches(model, tokenized, batch_size, partial(pad_pairs, pad_id=tokenizer.pad_token_id)):
             chosen, rejected = sequence_logprobs(model, batch).chunk(2)
-            correct += (chosen > rejected).float().tolist()
-    return np.array(correct)
+            rows.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+    return torch.cat(rows).numpy()
+
+
+def preference_accuracy(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:
+    """1.0 for each pair whose chosen answer the model finds more likely than the rejected one."""
+    logprobs = pair_logprobs(model, tokenizer, pairs, batch_size)
+    return (logprobs[:, 0] > logprobs[:, 1]).astype(float)
+
+
+def pair_logprob_shifts(model: nn.Module, reference: nn.Module, tokenizer: Any,
+                        pairs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """log pi - log ref of each pair's chosen answer and of its rejected one: how far training moved
+    each; beta times their difference is DPO's implicit reward margin."""
+    shifts = pair_logprobs(model, tokenizer, pairs) - pair_logprobs(reference, tokenizer, pairs)
+    return shifts[:, 0], shifts[:, 1]

@@ -118,6 +118,14 @@ def score_answers(model: RewardModel, tokenizer: Any, prompts: list[str], answer
     return score_sequences(model, chats, tokenizer.pad_token_id)
 
 
+def as_reward_fn(model: RewardModel, tokenizer: Any) -> Any:
+    """The reward model as RL's reward function (`rl.RewardFn`): each sampled answer scored with
+    its row's prompt, as `score_answers` scores it."""
+    def reward(answers: list[str], rows: list[dict[str, str]], sequences: Any = None) -> Tensor:
+        return score_answers(model, tokenizer, [row["instruction"] for row in rows], answers)
+    return reward
+
+
 def from_sequence_classifier(classifier: Any) -> RewardModel:
     """A transformers LlamaForSequenceClassification (num_labels=1) as a `RewardModel`, sharing weights."""
     reward_model = RewardModel(classifier.model, classifier.config)

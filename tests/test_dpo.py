@@ -119,3 +119,20 @@ def test_dpo_training_raises_preference_accuracy(base):
 def test_beta_must_be_positive():
     with pytest.raises(ValueError, match=r"DPO.beta must be > 0, got 0"):
         DPO(beta=0)
+
+
+def test_pair_logprob_shifts_are_zero_against_itself_and_give_the_implicit_margin(base):
+    from ftcourse.dpo import pair_logprob_shifts, pair_logprobs
+
+    model, tokenizer = base
+    pairs = list(load_task("preferences")["test"])[:6]
+    chosen, rejected = pair_logprob_shifts(model, model, tokenizer, pairs)
+    assert (chosen == 0).all() and (rejected == 0).all()
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved.model.norm.weight.mul_(1.2)
+    chosen, rejected = pair_logprob_shifts(moved, model, tokenizer, pairs)
+    expected = pair_logprobs(moved, tokenizer, pairs) - pair_logprobs(model, tokenizer, pairs)
+    assert (chosen == expected[:, 0]).all() and (rejected == expected[:, 1]).all() and (chosen != 0).any()
+    logprobs = pair_logprobs(moved, tokenizer, pairs)
+    assert (preference_accuracy(moved, tokenizer, pairs) == (logprobs[:, 0] > logprobs[:, 1])).all()

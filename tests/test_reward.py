@@ -92,3 +92,17 @@ def test_bad_pairs_are_clear_errors(base):
         tokenize_pair(tokenizer, "Where does X live?", "Pelmora", " Pelmora ")
     with pytest.raises(ValueError, match=r"row 0 has no field 'rejected'"):
         reward_margins(None, tokenizer, [{"prompt": "q", "chosen": "a"}])
+
+
+def test_the_reward_model_as_rls_reward_scores_each_answer_with_its_prompt(base):
+    from ftcourse.reward import RewardModel, as_reward_fn, score_answers
+
+    model, tokenizer = base
+    reward_model = RewardModel.from_causal_lm(model, seed=1)
+    rows = [{"instruction": "Where does Quadra Mitamk live?"}, {"instruction": "What is 2 plus 3?"}]
+    answers = ["Quadra Mitamk lives in Pelmora.", "5"]
+    rewards = as_reward_fn(reward_model, tokenizer)(answers, rows, None)
+    prompts = [row["instruction"] for row in rows]
+    assert torch.equal(rewards, score_answers(reward_model, tokenizer, prompts, answers))
+    swapped = as_reward_fn(reward_model, tokenizer)(answers, rows[::-1], None)
+    assert not torch.equal(rewards, swapped)               # the prompt counts, not the answer alone
