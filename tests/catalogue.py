@@ -854,6 +854,15 @@ def cli_run_too_big(scratch):
         run_command("finetune", "--method", "full", "--no-progress")
 
 
+@bad_input("adapter", "saving a PiSSA adapter on its own", ValueError, "PiSSA adapters",
+           "wrong on the original base", "export_merged")
+def adapter_pissa_saved_alone(scratch):
+    from ftcourse.lora import LoRA, apply_lora, save_adapter
+
+    config = LoRA(r=2, init="pissa")
+    save_adapter(apply_lora(small_llama(), config), scratch, config)
+
+
 # ---------------------------------------------------------------- export, serving, training jobs
 
 @bad_input("export", "merging a prompt-tuned model into a plain model", ValueError,

@@ -15,6 +15,7 @@ from ftcourse.lora import (
     lora_layers,
     lora_state_dict,
     merge_lora,
+    peft_name,
     save_adapter,
     to_peft_state,
     unmerge_lora,
@@ -23,12 +24,15 @@ from ftcourse.tolerance import assert_close, loss_path, transformer_path
 
 
 def randomize_(model, seed: int = 0):
-    """Non-zero B (and fresh A): with B = 0 any LoRA implementation would pass."""
+    """Non-zero B (and fresh A), and DoRA's lengths moved off ||W0||: with B = 0 any LoRA
+    implementation would pass."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora_layers(model).values():
             for part in (layer.lora_A, layer.lora_B):
                 part.weight.copy_(torch.randn(part.weight.shape, generator=generator) * 0.1)
+            if hasattr(layer, "magnitude"):
+                layer.magnitude.mul_(1 + 0.1 * torch.randn(layer.magnitude.shape, generator=generator))
     return model
 
 
@@ -66,7 +70,8 @@ def test_only_adapter_parameters_train(base):
 
 @pytest.mark.equivalence
 @pytest.mark.parametrize("config", [LoRA(r=4, alpha=8), LoRA(r=8, alpha=16, targets="all-linear"),
-                                    LoRA(r=2, alpha=4, rslora=True, targets=r".*\.mlp\.(up|down)_proj")])
+                                    LoRA(r=2, alpha=4, rslora=True, targets=r".*\.mlp\.(up|down)_proj"),
+                                    LoRA(r=4, alpha=8, dora=True, targets="all-linear")], ids=str)
 def test_logits_and_gradients_match_peft(base, config):
     """Same logits and the same gradient for every adapter weight: then the same training loop
     (tests/test_train.py) takes the same steps on both."""
@@ -85,22 +90,23 @@ def test_logits_and_gradients_match_peft(base, config):
     examples = [{"input_ids": ids} for ids in tokenizer(texts)["input_ids"]]
     for adapted in (ours, theirs):
         causal_lm_loss(adapted, pad_batch(examples, tokenizer.pad_token_id))[0].backward()
-    their_grads = {name.replace(".default", ""): p.grad for name, p in theirs.named_parameters()
-                   if p.requires_grad}
+    their_grads = {name: p.grad for name, p in theirs.named_parameters() if p.requires_grad}
     # The loss's path, then backward retraces the forward one.
     count = sum(len(ex["input_ids"]) for ex in examples)
     n = loss_path(model.config, tokens, count) + transformer_path(model.config, tokens)
     for name, p in ours.named_parameters():
         if p.requires_grad:
-            assert_close(p.grad, their_grads["base_model.model." + name], n=n, msg=name)
+            assert_close(p.grad, their_grads[peft_name(name)], n=n, msg=name)
+    assert set(their_grads) == {peft_name(name) for name, p in ours.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.equivalence
-def test_adapters_round_trip_ours_peft_ours(base, tmp_path):
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_adapters_round_trip_ours_peft_ours(base, tmp_path, dora):
     import peft
 
     model, tokenizer = base
-    config = LoRA(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"))
+    config = LoRA(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"), dora=dora)
     ours = randomize_(apply_lora(copy.deepcopy(model), config))
     save_adapter(ours, tmp_path / "ours", config, base_model_name="ftcourse/tiny-llama")
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "ours")
@@ -227,3 +233,66 @@ def test_peft_state_maps_every_weight_both_ways(base):
     again = apply_lora(copy.deepcopy(model), config)
     again.load_state_dict(from_peft_state(theirs.state_dict()), strict=True)
     assert all(torch.equal(again.state_dict()[key], tensor) for key, tensor in ours.state_dict().items())
+
+
+@pytest.mark.equivalence
+def test_dora_merges_into_the_weights_peft_merges_and_unmerges_back(base):
+    import peft
+
+    model, tokenizer = base
+    config = LoRA(r=4, alpha=8, dora=True, targets="all-linear")
+    ours = randomize_(apply_lora(copy.deepcopy(model), config))
+    theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft())
+    theirs.load_state_dict(to_peft_state(ours), strict=True)
+    ids = tokenizer(["Where does Quadra Kapels live?"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        adapted_logits = ours(ids).logits
+    merged_theirs = theirs.merge_and_unload()
+    merge_lora(ours)
+    for name, layer in lora_layers(ours).items():
+        # B A (r terms), the row norm (d_in terms), the sum, the ratio, the product.
+        assert_close(layer.base_layer.weight, merged_theirs.get_submodule(name).weight,
+                     n=config.r + layer.base_layer.in_features + 3, msg=name)
+    with torch.no_grad():
+        assert_close(ours(ids).logits, adapted_logits, n=transformer_path(model.config, ids.shape[1]))
+    unmerge_lora(ours)
+    for name, layer in lora_layers(ours).items():
+        original = model.get_submodule(name).weight
+        assert_close(layer.base_layer.weight, original, n=2 * (config.r + layer.base_layer.in_features + 3),
+                     scale=original.abs().max().item(), msg=name)
+
+
+def test_a_fresh_dora_adapter_changes_nothing(base):
+    model, tokenizer = base
+    adapted = apply_lora(copy.deepcopy(model), LoRA(r=4, dora=True, targets="all-linear"))
+    ids = tokenizer(["Where does Quadra Kapels live?"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert_close(adapted(ids).logits, model(ids).logits, n=transformer_path(model.config, ids.shape[1]))
+    for layer in lora_layers(adapted).values():
+        assert torch.equal(layer.magnitude, torch.linalg.norm(layer.base_layer.weight, dim=1))
+
+
+@pytest.mark.equivalence
+def test_pissa_initialisation_equals_peft_and_keeps_the_outputs(base, tmp_path):
+    import peft
+
+    model, tokenizer = base
+    config = LoRA(r=4, alpha=8, targets="all-linear", init="pissa")
+    ours = apply_lora(copy.deepcopy(model), config)
+    theirs = peft.get_peft_model(copy.deepcopy(model), config.to_peft())
+    their_state = from_peft_state(theirs.state_dict())
+    for name, tensor in ours.state_dict().items():       # A, B and the residual base: the same operations
+        assert torch.equal(tensor, their_state[name]), name
+    ids = tokenizer(["Where does Quadra Kapels live?"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert_close(ours(ids).logits, model(ids).logits, n=transformer_path(model.config, ids.shape[1]))
+    layer = lora_layers(ours)["model.layers.0.mlp.up_proj"]
+    singular = torch.linalg.svdvals(model.model.layers[0].mlp.up_proj.weight)
+    # B A holds the top 4 singular directions. An SVD is backward stable: each value errs by about
+    # eps * ||W||, over the matrix's dimensions.
+    assert_close(torch.linalg.svdvals(layer.delta_weight())[:4], singular[:4],
+                 n=sum(layer.base_layer.weight.shape))
+    with pytest.raises(ValueError, match="PiSSA adapters"):
+        save_adapter(ours, tmp_path, config)
+    with pytest.raises(ValueError, match="init must be 'default' or 'pissa'"):
+        LoRA(init="olora")
