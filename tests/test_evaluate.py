@@ -213,3 +213,28 @@ def test_forgetting_is_the_held_out_log_perplexity_and_the_recall_rate(base):
     measures = forgetting(model, tokenizer, held_out, probes)
     assert measures == {"held-out loss": math.log(perplexity(model, held_out)),
                         "fact recall": recall_accuracy(model, tokenizer, probes).mean()}
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_equals_statsmodels(seed):
+    from statsmodels.stats.multitest import multipletests
+
+    from ftcourse.evaluate import holm
+
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.uniform(0, 1, 6), rng.uniform(0, 0.01, 4), [0.0, 1.0, 0.02, 0.02]])
+    rng.shuffle(p)
+    # One product of p by a small integer, then maxima and minima: one rounding each.
+    assert_close(torch.tensor(holm(p)), torch.tensor(multipletests(p, method="holm")[1]), n=1)
+    for alpha in (0.01, 0.05):
+        assert ((holm(p) <= alpha) == multipletests(p, alpha=alpha, method="holm")[0]).all()
+
+
+def test_holm_on_known_values_and_bad_input():
+    from ftcourse.evaluate import holm
+
+    # m = 3: the smallest times 3, the next times 2 (but not below the first), the last times 1.
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    with pytest.raises(ValueError, match="p-values in \\[0, 1\\]"):
+        holm([0.5, 1.2])

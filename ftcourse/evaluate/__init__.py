@@ -20,9 +20,9 @@ from ftcourse.evaluate.metrics import (
     words,
 )
 from ftcourse.evaluate.scoring import TaskScore, forgetting, recall_accuracy, save_table, score_task, tidy
-from ftcourse.evaluate.stats import CI, Comparison, bootstrap_ci, paired_comparison
+from ftcourse.evaluate.stats import CI, Comparison, bootstrap_ci, holm, paired_comparison
 
 __all__ = ["CI", "METRICS", "Comparison", "TaskScore", "accuracy",
-           "bootstrap_ci", "contamination", "exact_match", "forgetting", "macro_f1",
+           "bootstrap_ci", "contamination", "exact_match", "forgetting", "holm", "macro_f1",
            "mentions_answer", "ngrams", "normalize", "paired_comparison", "perplexity", "perplexity_ci",
            "recall_accuracy", "rouge_l", "save_table", "score_task", "tidy", "words"]

@@ -97,3 +97,21 @@ def paired_comparison(scores_a: Sequence[float] | np.ndarray, scores_b: Sequence
     resampled = centred[rng.integers(0, len(centred), size=(n_resamples, len(centred)))].mean(axis=1)
     p_value = (np.sum(np.abs(resampled) >= abs(differences.mean())) + 1) / (n_resamples + 1)
     return Comparison(interval, float(p_value), "paired bootstrap", b_only, a_only)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of m p-values (Holm 1979), in their given order.
+
+    Testing m hypotheses at level alpha each, some will pass by luck; Holm keeps the chance of any
+    false claim in the family at most alpha. Sorted ascending, the i-th smallest p (from 1) is
+    multiplied by m - i + 1, and each adjusted value is at least the one before it, at most 1:
+    reject where the adjusted p <= alpha. Library twin: statsmodels' multipletests(method="holm").
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"holm needs a 1-D list of p-values in [0, 1], got {p_values!r}.")
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * (len(p) - np.arange(len(p)))          # m, m - 1, ..., 1
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
