@@ -265,7 +265,7 @@ RUN_RECORD = "ftcourse_run.json"     # what finetune --out trained, on what, and
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ftcourse.export import bedrock_problems, export_merged, model_card
+    from ftcourse.export import bedrock_problems, merged_copy, model_card, write_folder
     from ftcourse.llamacpp import FILE_TYPES, write_gguf, write_lora_gguf
     from ftcourse.models import load_base, model_label
 
@@ -288,14 +288,12 @@ def run_export(args: argparse.Namespace) -> int:
                       method=record.get("method", "lora" if args.adapter else "full"),
                       config=record.get("config", "not recorded"),
                       data=record.get("data", "not recorded (export of a model without ftcourse_run.json)"))
-    merged = export_merged(model, tokenizer, out / "merged", card=card)
-    print(f"merged Hugging Face folder -> {merged}")
-    for problem in bedrock_problems(merged):
+    plain = merged_copy(model)                     # merged once, for the folder and the GGUF files
+    folder = write_folder(plain, tokenizer, out / "merged", card=card)
+    print(f"merged Hugging Face folder -> {folder}")
+    for problem in bedrock_problems(folder):
         print(f"  note: Bedrock Custom Model Import would refuse it: {problem}", file=sys.stderr)
     if types:
-        from ftcourse.export import merged_copy
-
-        plain = merged_copy(model)
         for kind in types:
             path = write_gguf(plain, tokenizer, out / "gguf" / f"model-{kind}.gguf", kind)
             print(f"GGUF {kind} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")

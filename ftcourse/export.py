@@ -65,9 +65,14 @@ def export_merged(model: nn.Module, tokenizer: Any, directory: str | Path, *, ca
 
     `AutoModelForCausalLM.from_pretrained(directory)` then gives the logits of the in-memory model.
     """
+    return write_folder(merged_copy(model), tokenizer, directory, card=card)
+
+
+def write_folder(plain: nn.Module, tokenizer: Any, directory: str | Path, *, card: str) -> Path:
+    """Write a plain (already merged) model as `export_merged` does: for a caller that also needs
+    the merged model itself (for GGUF files), so it merges once."""
     directory = Path(directory)
-    merged = merged_copy(model)
-    merged.save_pretrained(directory, safe_serialization=True)
+    plain.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     (directory / MODEL_CARD).write_text(card)
     return directory
@@ -119,4 +124,4 @@ def bedrock_problems(directory: str | Path) -> list[str]:
     return problems
 
 
-__all__ = ["bedrock_problems", "export_merged", "merged_copy", "model_card"]
+__all__ = ["bedrock_problems", "export_merged", "merged_copy", "model_card", "write_folder"]

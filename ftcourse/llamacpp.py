@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftcourse.batching import token_logprobs
 from ftcourse.lora import lora_layers
 
 # file type -> (the type of each matrix, the type of the embedding, llama.cpp's file-type number).
@@ -261,11 +262,23 @@ def llama_greedy(llm: Any, ids: Sequence[int], max_new_tokens: int, eos_id: int 
     return new
 
 
+def llama_mean_loss(llm: Any, examples: Sequence[dict[str, list[int]]]) -> float:
+    """llama.cpp's mean next-token loss over the labelled tokens of tokenized examples (labels -100
+    elsewhere): what `evaluate.perplexity` takes the exponential of for a transformers model."""
+    total, count = 0.0, 0
+    for example in examples:
+        logits = torch.from_numpy(llama_logits(llm, example["input_ids"]))[None]
+        labels = torch.tensor([example["labels"]])
+        total -= token_logprobs(logits, labels).sum().item()
+        count += int((labels[:, 1:] != -100).sum())
+    return total / count
+
+
 def llama_tokenize(llm: Any, text: str, add_bos: bool = True) -> list[int]:
     """llama.cpp's token ids for `text`, special tokens parsed; with `add_bos`, a BOS first if the
     file says its tokenizer adds one (as transformers' `tokenizer(text)` does)."""
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
-__all__ = ["FILE_TYPES", "gguf_name", "llama_greedy", "llama_logits", "llama_tokenize", "load_gguf",
-           "model_tensors", "rope_permute", "write_gguf", "write_lora_gguf"]
+__all__ = ["FILE_TYPES", "gguf_name", "llama_greedy", "llama_logits", "llama_mean_loss", "llama_tokenize",
+           "load_gguf", "model_tensors", "rope_permute", "write_gguf", "write_lora_gguf"]

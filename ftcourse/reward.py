@@ -28,6 +28,8 @@ from ftcourse.batching import (
 )
 from ftcourse.chat import messages
 from ftcourse.dpo import tokenize_pairs
+from ftcourse.evaluate import mentions_answer
+from ftcourse.generate import generate
 from ftcourse.memory import plan_run
 from ftcourse.train import TrainConfig, TrainResult, train
 
@@ -116,6 +118,16 @@ def score_answers(model: RewardModel, tokenizer: Any, prompts: list[str], answer
     chats = [tokenizer.apply_chat_template(messages(prompt, answer), return_dict=False)
              for prompt, answer in zip(prompts, answers)]
     return score_sequences(model, chats, tokenizer.pad_token_id)
+
+
+def reward_and_truth(model: nn.Module, tokenizer: Any, reward_model: RewardModel,
+                     rows: list[dict[str, str]], max_new_tokens: int = 24) -> dict[str, np.ndarray]:
+    """Per row, for the model's greedy answer: whether it states the right fact (the true task) and
+    the reward model's score of it (the proxy RL optimises), to watch the two side by side."""
+    prompts = [row["instruction"] for row in rows]
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    return {"states the right fact": mentions_answer(answers, [row["response"] for row in rows]),
+            "reward-model score": score_answers(reward_model, tokenizer, prompts, answers).numpy()}
 
 
 def as_reward_fn(model: RewardModel, tokenizer: Any) -> Any:

@@ -181,3 +181,27 @@ def test_quantized_gguf_files_shrink_and_still_load(gguf_files, tokenizer, tmp_p
             llm.close()
         assert np.isfinite(logits).all()
     assert sizes["Q4_0"] < sizes["Q8_0"] < 0.35 * gguf_files["F32"].stat().st_size
+
+
+@pytest.mark.equivalence
+def test_llama_cpp_held_out_loss_is_transformers(gguf_files, tokenizer):
+    import math
+
+    from ftcourse.chat import tokenize_chat
+    from ftcourse.evaluate import perplexity
+    from ftcourse.llamacpp import llama_mean_loss
+    from ftcourse.tolerance import loss_path
+
+    examples = [tokenize_chat(tokenizer, [{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": "Pelmora"}]) for prompt in PROMPTS]
+    llm = load_gguf(gguf_files["F32"])
+    try:
+        ours = llama_mean_loss(llm, examples)
+    finally:
+        llm.close()
+    merged = gguf_files["merged"]
+    expected = math.log(perplexity(merged, examples, pad_id=tokenizer.pad_token_id))
+    count = sum(sum(label != -100 for label in example["labels"]) for example in examples)
+    tokens = max(len(example["input_ids"]) for example in examples)
+    assert_close(ours, expected, n=loss_path(merged.config, tokens, count), dtype=torch.float32,
+                 scale=expected)

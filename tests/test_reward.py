@@ -106,3 +106,20 @@ def test_the_reward_model_as_rls_reward_scores_each_answer_with_its_prompt(base)
     assert torch.equal(rewards, score_answers(reward_model, tokenizer, prompts, answers))
     swapped = as_reward_fn(reward_model, tokenizer)(answers, rows[::-1], None)
     assert not torch.equal(rewards, swapped)               # the prompt counts, not the answer alone
+
+
+def test_reward_and_truth_scores_each_greedy_answer_both_ways(base):
+    from ftcourse.evaluate import mentions_answer
+    from ftcourse.generate import generate
+    from ftcourse.reward import RewardModel, reward_and_truth, score_answers
+
+    model, tokenizer = base
+    reward_model = RewardModel.from_causal_lm(model, seed=1)
+    rows = [{"instruction": "Where does Quadra Mitamk live?", "response": "Pelmora"},
+            {"instruction": "What is 2 plus 3?", "response": "5"}]
+    measures = reward_and_truth(model, tokenizer, reward_model, rows, max_new_tokens=8)
+    answers = generate(model, tokenizer, [row["instruction"] for row in rows], max_new_tokens=8)
+    assert (measures["states the right fact"] == mentions_answer(answers, ["Pelmora", "5"])).all()
+    prompts = [row["instruction"] for row in rows]
+    scores = score_answers(reward_model, tokenizer, prompts, answers).numpy()
+    assert (measures["reward-model score"] == scores).all()
