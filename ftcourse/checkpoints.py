@@ -135,7 +135,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, schedule
                          "train(resume=True) skips damaged checkpoints and takes the newest intact one.")
     state = json.loads((path / "state.json").read_text())
     if state["config"] != config:
-        changed = {k: (v, config.get(k)) for k, v in state["config"].items() if config.get(k) != v}
+        saved = state["config"]       # a field the saving ftcourse lacked reads as None
+        changed = {k: (saved.get(k), config.get(k)) for k in {**saved, **config}
+                   if saved.get(k) != config.get(k)}
         raise ValueError(f"Checkpoint {path} was written with a different TrainConfig "
                          f"(field: (saved, now)) {changed}. Resume with the same config, or start "
                          f"a fresh run in another checkpoint_dir.")

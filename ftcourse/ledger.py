@@ -49,7 +49,9 @@ CLAIMS: dict[str, Claim] = {
     "peft-quality": Claim("PEFT reaches 90-99% of full fine-tuning quality", "04_full_vs_peft"),
     "peft-speed": Claim("PEFT trains faster", "04_full_vs_peft"),
     "peft-forgetting": Claim("PEFT has a lower risk of catastrophic forgetting", "04_full_vs_peft"),
+    "qlora-matches-lora": Claim("QLoRA (LoRA on a 4-bit base) matches LoRA's quality", "06_qlora"),
     "qlora-65b": Claim("QLoRA fine-tunes a 65B model on a single GPU", "04_full_vs_peft"),
+    "lora-recipe": Claim("Start with r=8, lora_alpha=16 and 3 epochs", "05_lora"),
     "lora-adapters-swap": Claim("LoRA adapters are MBs, not GBs, and swap on a single base model", "05_lora"),
     "soft-prompt-size": Claim("Soft prompts train only thousands of parameters (vs millions for LoRA), "
                               "in KB-sized files", "07_soft_prompts"),

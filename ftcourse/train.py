@@ -39,6 +39,11 @@ from ftcourse.batching import (
 from ftcourse.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from ftcourse.plots import plot_history
 
+# The optimizers a run can use, named as in ftcourse.memory.OPTIMIZERS: one AdamW update (betas,
+# weight decay groups, schedule), with fp32 moments, or with both moments stored in 8 bits,
+# block-wise quantized (Dettmers et al. 2022, arXiv:2110.02861).
+TRAIN_OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adamw-8bit": "bitsandbytes.optim.AdamW8bit"}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -53,6 +58,7 @@ class TrainConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = 0.0             # AdamW, never on norms, biases or 1-D parameters
     max_grad_norm: float | None = 1.0
+    optimizer: Literal["adamw", "adamw-8bit"] = "adamw"   # see TRAIN_OPTIMIZERS
     seed: int = 0                         # data order and any randomness in the model
     eval_every: int = 0                   # steps between evaluations (0: at the end only)
     save_every: int = 0                   # steps between checkpoints (0: at the end only)
@@ -74,6 +80,9 @@ class TrainConfig:
             problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in ("cosine", "linear", "constant"):
             problems.append(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.optimizer not in TRAIN_OPTIMIZERS:
+            known = ", ".join(f"{name!r} ({cls})" for name, cls in TRAIN_OPTIMIZERS.items())
+            problems.append(f"optimizer must be one of {known}, got {self.optimizer!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             problems.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
         if problems:
@@ -130,8 +139,9 @@ def lr_lambda(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on 1-D ones (norms, biases)."""
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (`config.optimizer`: torch's, or bitsandbytes' 8-bit one) over the trainable
+    parameters; no weight decay on 1-D ones (norms, biases)."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("The model has no trainable parameters (every requires_grad is False). "
@@ -150,7 +160,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.95))
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "adamw-8bit":
+        import bitsandbytes as bnb  # imported here: only this optimizer needs it
+
+        return bnb.optim.AdamW8bit(groups, lr=config.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
 
 # ---------------------------------------------------------------- the loop

@@ -531,6 +531,14 @@ def train_config_two_lengths(scratch):
     TrainConfig(max_steps=10, epochs=1)
 
 
+@bad_input("config", "a training run with an optimizer ftcourse does not have", ValueError,
+           "optimizer must be one of 'adamw' (torch.optim.AdamW)",
+           "'adamw-8bit' (bitsandbytes.optim.AdamW8bit), got 'adam8bit'")
+def train_config_unknown_optimizer(scratch):
+    from ftcourse.train import TrainConfig
+    TrainConfig(max_steps=10, optimizer="adam8bit")
+
+
 @bad_input("config", "a memory question with ZeRO stage 4", ValueError,
            "zero_stage must be 0, 1, 2 or 3, got 4")
 def memory_setup_bad_zero_stage(scratch):
@@ -922,6 +930,59 @@ def job_channel_two_files(scratch):
     write(scratch / "a.jsonl", "{}")
     write(scratch / "b.csv", "instruction,response\n")
     job_paths({"SM_CHANNEL_TRAIN": str(scratch)})
+
+
+# ---------------------------------------------------------------- evaluation
+
+@bad_input("evaluate", "no pairs to judge (empty lists)", ValueError, "questions is empty", "xs is empty",
+           "equal, non-zero length")
+def judge_no_pairs(scratch):
+    from ftcourse.evaluate import judge_both_orders
+
+    judge_both_orders(small_llama(), tokenizer(), [], [], [])
+
+
+@bad_input("evaluate", "answers to judge that do not pair up with the questions", ValueError,
+           "the lengths differ (questions: 2, xs: 2, ys: 1)")
+def judge_unpaired_answers(scratch):
+    from ftcourse.evaluate import judge_both_orders
+
+    judge_both_orders(small_llama(), tokenizer(), ["Where does Ada live?", "What is Bo's job?"],
+                      ["Pelmora", "pilot"], ["Axbury"])
+
+
+@bad_input("evaluate", "judge labels the tokenizer splits into several tokens", ValueError,
+           "must differ in exactly one token", "'first': [' f', 'i'", "single letters or digits", "labels=")
+def judge_multi_token_labels(scratch):
+    from ftcourse.evaluate import judge_margins
+
+    judge_margins(small_llama(), tokenizer(), ["Where does Ada live?"], ["Pelmora"], ["Axbury"],
+                  labels=("first", "second"))
+
+
+@bad_input("evaluate", "multiple-choice rows without their choices", ValueError,
+           "no 'context' or no 'choices' field", "as_multiple_choice")
+def choices_missing(scratch):
+    from ftcourse.evaluate import score_choices
+
+    score_choices(small_llama(), tokenizer(), [{"question": "Where does Ada live?", "answer": 0}])
+
+
+@bad_input("evaluate", "too few answers of a kind for the multiple-choice questions asked", ValueError,
+           "too few for 4 choices", "lower n_choices")
+def too_few_choices(scratch):
+    from ftcourse.data import as_multiple_choice
+
+    as_multiple_choice([{"instruction": "What is 2 + 2?", "response": "4"},
+                        {"instruction": "What is 3 + 3?", "response": "6"}], n_choices=4)
+
+
+@bad_input("evaluate", "an lm-eval task run before its file is written", ValueError,
+           "No task file ftcourse_qa.yaml", "write_generation_task")
+def harness_task_missing(scratch):
+    from ftcourse.evaluate.harness import run_harness
+
+    run_harness(small_llama(), tokenizer(), scratch, ["ftcourse_qa"])
 
 
 # ---------------------------------------------------------------- the docs table

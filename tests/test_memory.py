@@ -1,6 +1,13 @@
 import torch
 
-from ftcourse.memory import measure_peak, measure_training_step
+from ftcourse.memory import (
+    measure_optimizer_state,
+    measure_peak,
+    measure_training_step,
+    optimizer_bytes,
+    optimizer_state_bytes,
+)
+from ftcourse.train import TrainConfig, make_optimizer
 
 
 def test_measured_parameters_and_optimizer_state_are_exact():
@@ -76,25 +83,61 @@ def padded_batch(batch_size, length, seed=0):
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit"])
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("which", ["embedded", "other"])
-def test_model_states_equal_the_bytes_of_the_instantiated_model(which, name, base):
+def test_model_states_equal_the_bytes_of_the_instantiated_model(which, name, optimizer, base):
     method = METHODS[name]
     model = make_model(which, base, method)
-    setup = Setup(method=method)
+    setup = Setup(method=method, optimizer=optimizer)
     predicted = estimate(model.config, setup)
     assert footprint_of_config(model.config, setup) == footprint_of_model(model)
     assert predicted.weights == stored_bytes(model)
-    # Gradients and AdamW's states (two moments and a step counter per tensor) after a real step.
+    # Gradients and the optimizer's states after a real step: torch's AdamW (two moments and a
+    # step counter per tensor) or bitsandbytes' AdamW8bit (see the next test).
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable)
+    optimizer = make_optimizer(model, TrainConfig(max_steps=1, optimizer=optimizer))
     batch = padded_batch(2, 8)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits.pow(2).mean().backward()
     optimizer.step()
     assert predicted.gradients == sum(p.grad.numel() * p.grad.element_size() for p in trainable)
-    assert predicted.optimizer == sum(t.numel() * t.element_size() for state in optimizer.state.values()
-                                      for t in state.values())
+    assert predicted.optimizer == optimizer_bytes(optimizer)
+
+
+def test_8bit_adamw_state_bytes_follow_bitsandbytes_rules():
+    # Under 4,096 elements: two float32 moments. From 4,096: two uint8 moments and a float32
+    # absmax per started block of 256. Once per optimizer: two 256-entry float32 code maps.
+    import bitsandbytes as bnb
+
+    sizes = [4095, 4096, 4097]
+    params = [torch.nn.Parameter(torch.randn(n)) for n in sizes]
+    optimizer = bnb.optim.AdamW8bit(params)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert [optimizer.state[p]["state1"].dtype for p in params] == [torch.float32, torch.uint8, torch.uint8]
+    expected = 2 * 4 * 4095 + 2 * (4096 + 4 * 16) + 2 * (4097 + 4 * 17) + 2 * 256 * 4
+    assert optimizer_state_bytes(sizes, Setup(optimizer="adamw-8bit")) == expected
+    assert optimizer_bytes(optimizer) == expected
+    # A model the measured bytes (exact, per tensor) and the per-parameter rate of OPTIMIZERS meet:
+    # large tensors, a multiple of 256 each, where only the shared maps differ.
+    large = [64 * 4096, 256 * 256]
+    rate = model_state_bytes(sum(large), 0, Setup(optimizer="adamw-8bit"))["optimizer"]
+    assert optimizer_state_bytes(large, Setup(optimizer="adamw-8bit")) == rate + 2 * 256 * 4
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit"])
+def test_measure_optimizer_state_takes_one_step_and_does_not_train(optimizer):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256))
+    loss = lambda m, b: (m(b["x"]).pow(2).sum(), torch.tensor(1.0))
+    before = [p.clone() for p in model.parameters()]
+    held = measure_optimizer_state(model, {"x": torch.randn(8, 256)},
+                                   TrainConfig(max_steps=1, optimizer=optimizer), loss_fn=loss)
+    sizes = [p.numel() for p in model.parameters()]     # two weights in 8 bits, two biases in fp32
+    assert held == optimizer_state_bytes(sizes, Setup(optimizer=optimizer))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "measuring must not train"
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -254,3 +297,13 @@ def test_the_training_loop_itself_trains_whatever_it_is_given(monkeypatch, tiny_
     with warnings.catch_warnings():
         warnings.simplefilter("error", MemoryWarning)    # the callers plan a run; the loop does not
         train(tiny_llama, data, TrainConfig(max_steps=1, batch_size=2), progress=False)
+
+
+def test_the_preflight_counts_the_runs_optimizer(base):
+    from ftcourse.memory import plan_run
+
+    model, examples = base[0], [{"input_ids": list(range(3, 40))}]
+    eight_bit = plan_run(model, examples, TrainConfig(max_steps=1, optimizer="adamw-8bit"))
+    fp32 = plan_run(model, examples, TrainConfig(max_steps=1))
+    assert (eight_bit.setup.optimizer, fp32.setup.optimizer) == ("adamw-8bit", "adamw")
+    assert eight_bit.optimizer < 0.3 * fp32.optimizer      # full fine-tuning: about a quarter

@@ -31,6 +31,7 @@ from ftcourse.data.tasks import (
     SPLITS,
     TASK_FIELDS,
     arithmetic_questions,
+    as_multiple_choice,
     describe_requests,
     fact_questions,
     newcomer_facts,
@@ -114,6 +115,7 @@ def _check_task(name: str) -> None:
         raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_FIELDS)}.")
 
 
-__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "count_rows", "default_world", "evaluation_row",
+__all__ = ["PROMPT_FIELD", "TASK_FIELDS", "World", "as_multiple_choice", "count_rows", "default_world",
+           "evaluation_row",
            "load_data_file", "load_task", "make_world", "prompt_of", "read_rows", "read_training_rows",
            "require_disjoint", "require_fields", "split_rows", "synthetic_rows"]

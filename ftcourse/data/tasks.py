@@ -224,3 +224,30 @@ def newcomer_statements(world: World) -> list[str]:
     """Every fact about the newcomers in every phrasing: documents for knowledge injection."""
     return [statement(person, attribute, p) for person, attribute in world.facts("newcomers")
             for p in range(len(STATEMENTS[attribute]))]
+
+
+# ---------------------------------------------------------------- multiple choice
+
+def as_multiple_choice(rows: Sequence[dict], n_choices: int = 4, seed: int = 0) -> list[dict]:
+    """Question rows as multiple choice: `context` ("Question: ...\\nAnswer:"), `choices` (the
+    answer and n_choices - 1 others of the same kind, shuffled) and `answer`, the right index.
+
+    Wrong choices come from the world's values of the answer's attribute (other cities for a
+    city), or for answers outside the world from the other rows' answers.
+    """
+    if n_choices < 2:
+        raise ValueError(f"n_choices must be >= 2 (one right answer and a wrong one), got {n_choices}.")
+    rng = random.Random(seed)
+    answers = sorted({row["response"] for row in rows})
+    kinds = {value: values for values in ATTRIBUTES.values() for value in values}
+    items = []
+    for row in rows:
+        pool = [value for value in kinds.get(row["response"], answers) if value != row["response"]]
+        if len(pool) < n_choices - 1:
+            raise ValueError(f"Only {len(pool)} other answer(s) of the kind of {row['response']!r} exist, "
+                             f"too few for {n_choices} choices; lower n_choices or give more rows.")
+        choices = rng.sample(pool, n_choices - 1) + [row["response"]]
+        rng.shuffle(choices)
+        items.append({"context": f"Question: {row['instruction']}\nAnswer:", "choices": choices,
+                      "answer": choices.index(row["response"])})
+    return items

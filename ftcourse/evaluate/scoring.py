@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ftcourse.evaluate.likelihood import perplexity
+from ftcourse.evaluate.likelihood import choice_logprobs, perplexity
 from ftcourse.evaluate.metrics import METRICS, TASK_METRICS
 from ftcourse.evaluate.stats import CI, bootstrap_ci
 from ftcourse.generate import generate
@@ -53,6 +53,20 @@ def score_task(model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, str]],
         predictions = [text.strip().split("\n")[0].split(".")[0].strip() for text in continuations]
     scores = METRICS[metric](predictions, [row["response"] for row in rows])
     return TaskScore(predictions, scores, bootstrap_ci(scores, seed=seed), metric)
+
+
+def score_choices(model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]], *,
+                  per_character: bool = False, batch_size: int = 32, seed: int = 0) -> TaskScore:
+    """Multiple choice by likelihood: the choice most probable after each row's context (per
+    character of the choice with `per_character`, the harness's acc_norm), right or wrong."""
+    logprobs = choice_logprobs(model, tokenizer, rows, batch_size=batch_size)
+    if per_character:
+        logprobs = [values / np.array([len(choice) for choice in row["choices"]], dtype=float)
+                    for values, row in zip(logprobs, rows)]
+    picks = [int(np.argmax(values)) for values in logprobs]
+    scores = np.array([float(pick == row["answer"]) for pick, row in zip(picks, rows)])
+    return TaskScore([row["choices"][pick] for pick, row in zip(picks, rows)], scores,
+                     bootstrap_ci(scores, seed=seed), "acc_norm" if per_character else "acc")
 
 
 def recall_accuracy(model: nn.Module, tokenizer: Any, probes: Sequence[tuple[str, str]],

@@ -1,7 +1,8 @@
 """Measured memory: the peak of a training step by category (torch's profiler), and stored bytes.
 
 `measure_training_step` runs one AdamW step after a warm-up and reports the moment it held the
-most; `stored_bytes` counts what a model keeps (4-bit layers by their packed codes and scales).
+most; `stored_bytes` counts what a model keeps (4-bit layers by their packed codes and scales),
+`optimizer_bytes` what an optimizer keeps in its state (`measure_optimizer_state`: after one step).
 tests/test_memory.py holds these measurements and the memory model (`ftcourse.memory.model`)
 within 15% of each other.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ftcourse.batching import causal_lm_loss, default_device, model_device
+from ftcourse.batching import LossFn, causal_lm_loss, default_device, model_device
 from ftcourse.train import TrainConfig, make_optimizer
 
 # The order of torch.profiler's memory timeline columns (after its leading placeholder).
@@ -54,16 +56,32 @@ def measure_peak(run: Callable[[], Any], device: str | None = None) -> dict[str,
     return measured
 
 
-def measure_training_step(model: nn.Module, batch: dict[str, Tensor],
-                          loss_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, ...]] | None = None,
+def measure_training_step(model: nn.Module, batch: dict[str, Tensor], loss_fn: LossFn | None = None,
                           lr: float = 1e-4) -> dict[str, int]:
     """Peak memory by category of one AdamW step on `batch`, after a warm-up step. The model's
     weights are restored afterwards: measuring does not train it."""
-    loss_fn = loss_fn or causal_lm_loss
     optimizer = make_optimizer(model, TrainConfig(max_steps=1, lr=lr))
+    with weights_restored(model):
+        step = training_step(model, batch, optimizer, loss_fn)
+        step()
+        return measure_peak(step, device=str(next(model.parameters()).device))
+
+
+def measure_optimizer_state(model: nn.Module, batch: dict[str, Tensor], config: TrainConfig,
+                            loss_fn: LossFn | None = None) -> int:
+    """Bytes the optimizer of `config` (`config.optimizer`) holds in its state after one step on
+    `batch`: optimizers allocate their states at the first step. The model's weights are restored."""
+    optimizer = make_optimizer(model, config)
+    with weights_restored(model):
+        training_step(model, batch, optimizer, loss_fn)()
+    return optimizer_bytes(optimizer)
+
+
+def training_step(model: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+                  loss_fn: LossFn | None = None) -> Callable[[], None]:
+    """One optimizer step of `model` on `batch`, as a function to call (and to measure)."""
+    loss_fn = loss_fn or causal_lm_loss
     batch = {key: value.to(model_device(model)) for key, value in batch.items()}
-    was_training = model.training
-    model.train()
 
     def step() -> None:
         loss_sum, count, *_ = loss_fn(model, batch)
@@ -71,15 +89,23 @@ def measure_training_step(model: nn.Module, batch: dict[str, Tensor],
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+@contextmanager
+def weights_restored(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in training mode; on leaving, its trainable weights and its mode as they were."""
     saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    step()
-    peak = measure_peak(step, device=str(next(model.parameters()).device))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in saved:
-                p.copy_(saved[name])
-    model.train(was_training)
-    return peak
+    was_training = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+        model.train(was_training)
 
 
 def stored_bytes(model: nn.Module, trainable: bool | None = None) -> int:
@@ -94,3 +120,12 @@ def stored_bytes(model: nn.Module, trainable: bool | None = None) -> int:
                 tensors.update({id(t): t for t in [state.absmax, *nested]})
                 tensors.update({id(state.offset): state.offset} if state.nested else {})
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors `optimizer` holds in its state, each counted once: bitsandbytes'
+    8-bit optimizers share two quantization maps among all their tensors. Python numbers (its
+    step counts) are not counted; torch's AdamW keeps its steps as tensors, so they are."""
+    tensors = {t.data_ptr(): t for state in optimizer.state.values() for t in state.values()
+               if isinstance(t, Tensor)}
+    return sum(t.nbytes for t in tensors.values())

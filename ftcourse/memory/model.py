@@ -10,6 +10,7 @@ so it sits above the methods (`ftcourse.lora`, `ftcourse.prompts`, `ftcourse.met
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 from ftcourse.lora import lora_layers
 from ftcourse.memory.measure import stored_bytes
 from ftcourse.methods import get_method
-from ftcourse.params import config_value, count_lora_parameters, count_parameters, linear_shapes
+from ftcourse.params import config_value, count_parameters, linear_shapes
 from ftcourse.prompts import PromptTuningModel, SoftPromptModel
 
 GB = 1e9   # decimal gigabytes, as the ZeRO, LoRA and QLoRA papers count
@@ -54,9 +55,15 @@ PRECISIONS: dict[str, Precision] = {
 # Optimizer states per trainable parameter: (count, bytes each; None = the precision's state bytes).
 OPTIMIZERS: dict[str, tuple[int, float | None]] = {
     "adamw": (2, None), "sgd": (0, None), "sgd-momentum": (1, None),
-    # bitsandbytes' 8-bit AdamW: two uint8 moments, each with an fp32 scale per block of 256.
+    # bitsandbytes' 8-bit AdamW: two uint8 moments, each with an fp32 scale per block of 256
+    # (tensors under 4,096 elements keep fp32 moments: `optimizer_state_bytes` counts exactly).
     "adamw-8bit": (2, 1 + 4 / 256),
 }
+# bitsandbytes' 8-bit optimizers (bitsandbytes/optim/optimizer.py, its defaults): a tensor with fewer
+# than MIN_8BIT_SIZE elements keeps float32 states; larger ones store uint8 codes with a float32
+# absmax per block of BLOCK_8BIT, decoded through two 256-entry float32 maps (qmap1 signed for the
+# first moment, qmap2 unsigned for the second) that all tensors share. Its step counts are ints.
+MIN_8BIT_SIZE, BLOCK_8BIT, QMAPS_8BIT = 4096, 256, 2 * 256 * 4
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,7 @@ class Setup:
 class Footprint:
     """What trains, as far as memory goes: the counts, and which activations the backward keeps."""
 
-    trainable: int                     # trainable parameters
-    trainable_tensors: int             # AdamW keeps a step counter per tensor
+    tensor_sizes: tuple[int, ...]      # elements of each trainable tensor, sorted
     frozen_bytes: int                  # the frozen weights (and buffers) as stored
     embeddings_train: bool = False
     norms_train: bool = False
@@ -110,6 +116,11 @@ class Footprint:
     prompt_tokens: int = 0             # prompt tuning: virtual tokens in every layer
     prefix_tokens: int = 0             # prefix tuning: extra keys and values in every layer
     quantized: bool = False            # 4-bit linear layers, dequantized one at a time
+
+    @property
+    def trainable(self) -> int:
+        """Trainable parameters."""
+        return sum(self.tensor_sizes)
 
 
 @dataclass(frozen=True)
@@ -155,19 +166,40 @@ class MemoryEstimate:
 
 
 def model_state_bytes(trainable: float, frozen_bytes: float, setup: Setup,
-                      trainable_tensors: int = 0) -> dict[str, float]:
-    """Bytes per device of the weights, gradients and optimizer states (ZeRO's model states)."""
+                      tensor_sizes: Sequence[int] = ()) -> dict[str, float]:
+    """Bytes per device of the weights, gradients and optimizer states (ZeRO's model states).
+
+    The optimizer states cost OPTIMIZERS' bytes per trainable parameter; given the trainable
+    tensors' sizes (they add up to `trainable`), they are counted exactly instead.
+    """
     precision = PRECISIONS[setup.precision]
     count, each = OPTIMIZERS[setup.optimizer]
-    state_bytes = count * (precision.state if each is None else each)
-    steps = 4 * trainable_tensors if setup.optimizer.startswith("adamw") else 0
-    optimizer = trainable * (precision.master + state_bytes) + steps
+    states = (optimizer_state_bytes(tensor_sizes, setup) if tensor_sizes
+              else trainable * count * (precision.state if each is None else each))
+    optimizer = trainable * precision.master + states
     weights = trainable * precision.weight + frozen_bytes
     gradients = trainable * precision.gradient
     shards = setup.num_devices
     return {"weights": weights / shards if setup.zero_stage >= 3 else weights,
             "gradients": gradients / shards if setup.zero_stage >= 2 else gradients,
             "optimizer": optimizer / shards if setup.zero_stage >= 1 else optimizer}
+
+
+def optimizer_state_bytes(tensor_sizes: Sequence[int], setup: Setup) -> int:
+    """Bytes of the optimizer's states for trainable tensors of `tensor_sizes` elements, as torch
+    and bitsandbytes allocate them (without a mixed-precision master copy).
+
+    torch's AdamW keeps two moments in the weight's dtype and a float32 step per tensor; SGD with
+    momentum one buffer. bitsandbytes' AdamW8bit: see MIN_8BIT_SIZE above.
+    """
+    count, _ = OPTIMIZERS[setup.optimizer]
+    if setup.optimizer == "adamw-8bit":
+        large = [n for n in tensor_sizes if n >= MIN_8BIT_SIZE]
+        small = sum(tensor_sizes) - sum(large)
+        return (2 * 4 * small + sum(2 * (n + 4 * math.ceil(n / BLOCK_8BIT)) for n in large)
+                + QMAPS_8BIT * bool(large))
+    steps = 4 * len(tensor_sizes) if setup.optimizer == "adamw" else 0
+    return count * PRECISIONS[setup.precision].state * sum(tensor_sizes) + steps
 
 
 def estimate(model: Any, setup: Setup = Setup()) -> MemoryEstimate:
@@ -178,7 +210,7 @@ def estimate(model: Any, setup: Setup = Setup()) -> MemoryEstimate:
     else:
         footprint, config = footprint_of_config(model, setup), model
     states = model_state_bytes(footprint.trainable, footprint.frozen_bytes, setup,
-                               footprint.trainable_tensors)
+                               footprint.tensor_sizes)
     return MemoryEstimate(**states, **activation_bytes(config, footprint, setup), setup=setup,
                           footprint=footprint)
 
@@ -195,9 +227,12 @@ def footprint_of_config(config: Any, setup: Setup) -> Footprint:
     buffers = 2 * (head_dim // 2) * 4          # the rotary inverse frequencies (and a copy), float32
     frozen = counts.total * precision.frozen + buffers
     if method.name == "full":
-        biased = sum(1 for name in shapes if counts.per_layer[name] > shapes[name][0] * shapes[name][1])
-        tensors = L * (len(shapes) + biased + 2) + 2 + (counts.lm_head > 0)
-        return Footprint(counts.total, tensors, buffers, embeddings_train=True, norms_train=True,
+        weights = [d_in * d_out for d_in, d_out in shapes.values()]
+        biases = [counts.per_layer[name] - d_in * d_out for name, (d_in, d_out) in shapes.items()]
+        layer = weights + [b for b in biases if b] + [D, D]              # and the two norms
+        head = [counts.lm_head] if counts.lm_head else []              # untied
+        sizes = L * layer + [counts.embeddings, D] + head
+        return Footprint(tuple(sorted(sizes)), buffers, embeddings_train=True, norms_train=True,
                          head_trains=True, saved_inputs=frozenset(shapes))
     if method.name in ("lora", "qlora"):
         lora = method.lora if method.name == "qlora" else method
@@ -212,17 +247,18 @@ def footprint_of_config(config: Any, setup: Setup) -> Footprint:
             linear = {name: d_in * d_out for name, (d_in, d_out) in shapes.items()}
             packed = sum(stored_4bit_bytes(n, method.double_quant) for n in linear.values())
             frozen = L * packed + (counts.total - L * sum(linear.values())) * precision.frozen + buffers
-        return Footprint(count_lora_parameters(config, lora), 2 * L * len(targets), frozen,
-                         saved_inputs=targets, lora_r=lora.r, lora_targets=targets,
-                         lora_dropout=lora.dropout > 0, quantized=method.name == "qlora")
+        sizes = L * [lora.r * size for name in targets for size in shapes[name]]   # A, B
+        return Footprint(tuple(sorted(sizes)), frozen, saved_inputs=targets, lora_r=lora.r,
+                         lora_targets=targets, lora_dropout=lora.dropout > 0,
+                         quantized=method.name == "qlora")
     if method.name == "prompt_tuning":
-        return Footprint(method.num_virtual_tokens * D, 1, frozen, prompt_tokens=method.num_virtual_tokens)
+        return Footprint((method.num_virtual_tokens * D,), frozen, prompt_tokens=method.num_virtual_tokens)
     if method.name == "prefix_tuning":
         kv = 2 * L * shapes["k_proj"][1]                       # keys and values of every layer
-        n, width = method.num_virtual_tokens, method.projection_dim
-        mlp = 0 if not width else shapes["k_proj"][1] * width + width + width * kv + kv
-        return Footprint(n * (shapes["k_proj"][1] if width else kv) + mlp, 5 if width else 1, frozen,
-                         prefix_tokens=n)
+        n, width, k = method.num_virtual_tokens, method.projection_dim, shapes["k_proj"][1]
+        # Without an MLP the prefix itself; with one, a key-sized row per token and the MLP.
+        sizes = [n * k, k * width, width, width * kv, kv] if width else [n * kv]
+        return Footprint(tuple(sorted(sizes)), frozen, prefix_tokens=n)
     raise ValueError(f"The memory model counts full, lora, qlora, prompt_tuning and prefix_tuning from a "
                      f"config; for {method.name!r}, apply it to a model and pass the model.")
 
@@ -248,7 +284,7 @@ def footprint_of_model(model: nn.Module) -> Footprint:
     soft = model.num_virtual_tokens if isinstance(model, SoftPromptModel) else 0
     prompt = isinstance(model, PromptTuningModel)
     return Footprint(
-        trainable=sum(p.numel() for p in trainable), trainable_tensors=len(trainable),
+        tensor_sizes=tuple(sorted(p.numel() for p in trainable)),
         frozen_bytes=stored_bytes(model, trainable=False),
         embeddings_train=base.get_input_embeddings().weight.requires_grad,
         norms_train=any(p.requires_grad for p in norms),

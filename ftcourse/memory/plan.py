@@ -137,15 +137,15 @@ def plan_run(model: Any, examples: Sequence[dict[str, Any]], config: Any, *, met
         model: the model about to train, with its method applied; or, with `method`, without it.
         examples: the tokenized training examples: the longest sets the sequence length (each batch
             is padded to its longest).
-        config: the TrainConfig (its batch size per forward pass).
+        config: the TrainConfig (its batch size per forward pass, its optimizer).
         rows_per_example: 2 for preference pairs (a chosen and a rejected row each).
     Returns None, with nothing checked, for a model the memory model cannot count (not a Llama).
     """
     if config_value(model.config, "intermediate_size") is None or not examples:
         return None
     lengths = [longest_sequence(example) for example in examples]
-    setup = Setup(method=method or "full", precision=training_precision(model), seq_len=max(lengths),
-                  batch_size=rows_per_example * min(config.batch_size, len(lengths)),
+    setup = Setup(method=method or "full", precision=training_precision(model), optimizer=config.optimizer,
+                  seq_len=max(lengths), batch_size=rows_per_example * min(config.batch_size, len(lengths)),
                   padding=len(set(lengths)) > 1,
                   gradient_checkpointing=bool(getattr(getattr(model, "base_model", model),
                                                       "is_activation_checkpointing", False)))
