@@ -128,13 +128,16 @@ class Chapter:
         return holds
 
     def record(self, claim_id: str, *, measured: str, verdict: str, at_scale: str = "") -> Path:
-        """Save this chapter's finding about one of the article's claims (replacing the last run's)."""
+        """Save this chapter's finding about one of the article's claims (replacing the last run's),
+        and print it in one line: the cell that calls this is hidden on the site, its line is not."""
         if claim_id not in CLAIMS:
             raise ValueError(f"Unknown claim {claim_id!r}; the ledger's claims are: {', '.join(CLAIMS)}.")
         if verdict not in VERDICTS:
             raise ValueError(f"Verdict must be one of {VERDICTS}, got {verdict!r}.")
         path = self.folder / f"{claim_id}.json"
         _write_json(path, asdict(Result(claim_id, measured, at_scale, verdict, CLAIMS[claim_id].chapter)))
+        print(f"Claims ledger, \"{CLAIMS[claim_id].text}\": {verdict} on {self.profile.name}. {measured}"
+              + (f" At scale: {at_scale}" if at_scale else ""))
         return path
 
     def save_table(self, table: Any, name: str) -> Path:

@@ -35,6 +35,18 @@ def test_each_notebook_installs_the_package_on_colab_from_the_repository(noteboo
     assert first_code.metadata.get("tags") == ["remove-cell"]      # hidden on the site
 
 
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda path: path.stem)
+def test_ledger_records_are_cells_of_their_own_hidden_on_the_site(notebook):
+    """A record's long f-string is for the ledger, not the reader: the site shows its printed line."""
+    records = [cell for cell in nbformat.read(notebook, 4).cells
+               if cell.cell_type == "code" and "chapter.record(" in cell.source]
+    for cell in records:
+        tags = cell.metadata.get("tags", [])
+        assert "remove-input" in tags or "remove-cell" in tags, cell.source[:80]
+        if "remove-input" in tags:
+            assert cell.source.startswith("chapter.record(") and cell.source.count("chapter.record(") == 1
+
+
 def test_every_citation_is_in_the_bibliography():
     keys = set(re.findall(r"^@\w+\{([^,]+),", (ROOT / "book" / "references.bib").read_text(), re.M))
     texts = [path.read_text() for path in (ROOT / "book").glob("*.md")]
