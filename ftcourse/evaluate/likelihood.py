@@ -74,7 +74,7 @@ def choice_logprobs(model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, A
                          f"{', '.join(rows[missing[0]])}); see ftcourse.data.tasks.as_multiple_choice.")
     examples = [continuation_example(tokenizer, row["context"], delimiter + choice)
                 for row in rows for choice in row["choices"]]
-    logprobs = -example_losses(model, examples, batch_size, pad_id_of(model))[:, 0]
+    logprobs = -example_losses(model, examples, batch_size)[:, 0]
     ends = np.cumsum([len(row["choices"]) for row in rows])
     return np.split(logprobs, ends[:-1])
 
