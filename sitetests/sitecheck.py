@@ -243,3 +243,47 @@ def go_offline(context: BrowserContext, base_url: str) -> list[str]:
     # A regex (not a Python predicate) is matched inside the browser, so local requests go straight on.
     context.route(re.compile(rf"^(?!{re.escape(base_url)})"), route)
     return blocked
+
+
+# Chromium's side: every concept picture (ftcourse.diagrams' <figure class="ftcourse-diagram">) on the
+# page, once its image has settled: its name, its alt text and whether the image decoded.
+_DIAGRAMS_JS = """async () => {
+  const images = [...document.querySelectorAll("figure.ftcourse-diagram[data-diagram] img")];
+  images.forEach(img => { img.loading = "eager"; });
+  const settled = img => img.complete ? null
+    : new Promise(done => { img.addEventListener("load", done); img.addEventListener("error", done); });
+  const timeout = new Promise(done => setTimeout(done, 10000));
+  await Promise.race([Promise.all(images.map(settled)), timeout]);
+  return images.map(img => ({name: img.closest("figure").dataset.diagram,
+                             alt: (img.getAttribute("alt") || "").trim(), width: img.naturalWidth}));
+}"""
+
+
+def diagram_problems(tab: Page, base_url: str, site: Path, pages: list[str],
+                     names: tuple[str, ...]) -> list[str]:
+    """Concept pictures that a reader would miss: a name in `names` shown on none of `pages`, and
+    each picture on them with no alt text, an image that did not load, or a name not in `names`.
+
+    Only the pages whose HTML holds a picture are opened in the browser (`pages` are paths inside
+    `site`, "notebooks/05_lora.html"; one that was not built is left to `missing_pages`).
+    """
+    shown: set[str] = set()
+    problems = []
+    for page in pages:
+        path = site / page
+        if not path.is_file() or "ftcourse-diagram" not in path.read_text(encoding="utf-8"):
+            continue
+        tab.goto(base_url + page, wait_until="load")
+        for picture in tab.evaluate(_DIAGRAMS_JS):
+            name = picture["name"]
+            if name not in names:
+                problems.append(f"{page}: diagram {name!r} is not one of ftcourse.diagrams.DIAGRAMS")
+            elif not picture["alt"]:
+                problems.append(f"{page}: diagram {name!r} has no alt text")
+            elif picture["width"] == 0:
+                problems.append(f"{page}: diagram {name!r}: its image did not load")
+            else:
+                shown.add(name)
+    return problems + [f"diagram {name!r} is shown whole (alt text, image loaded) on no page: display "
+                       f"ftcourse.diagrams.{name}() where the idea is introduced" for name in names
+                       if name not in shown]

@@ -146,11 +146,23 @@ class MemoryEstimate:
     @property
     def peak(self) -> float:
         """The largest of the three moments, plus what is held throughout (weights, optimizer)."""
-        start_of_backward = self.activations + self.loss
-        in_a_layer = self.activations + self.recompute + self.backward + (
-            self.gradients if self.setup.gradient_checkpointing else 0.0)
-        return self.weights + self.optimizer + self.checkpoints + max(start_of_backward, in_a_layer,
-                                                                      self.gradients)
+        return sum(self.peak_moment()[1].values())
+
+    def peak_moment(self) -> tuple[str, dict[str, float]]:
+        """(when the step peaks, {term: bytes held then}): the terms that `peak` adds up.
+
+        The weights, optimizer states and checkpoints are held throughout; on top of them the peak is
+        the largest of three moments: the start of the backward, inside one layer's backward, its end.
+        """
+        in_a_layer = {"activations": self.activations, "recompute": self.recompute, "backward": self.backward,
+                      "gradients": self.gradients if self.setup.gradient_checkpointing else 0.0}
+        moments = {"at the start of the backward": {"activations": self.activations, "loss": self.loss},
+                   "inside a layer's backward": in_a_layer,
+                   "at the end of the backward": {"gradients": self.gradients}}
+        moment = max(moments, key=lambda name: sum(moments[name].values()))
+        held = {"weights": self.weights, "optimizer": self.optimizer, "checkpoints": self.checkpoints,
+                **moments[moment]}
+        return moment, {term: size for term, size in held.items() if size}
 
     def as_dict(self, unit: float = 1.0) -> dict[str, float]:
         items = {"weights": self.weights, "gradients": self.gradients, "optimizer": self.optimizer,
