@@ -19,6 +19,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
+export FTCOURSE_SOLUTIONS := show
 
 .PHONY: setup browser book serve timings catalogue bench equivalence test-hub test lint clean
 

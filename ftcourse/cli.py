@@ -11,6 +11,7 @@
     ftcourse export --adapter A --out DIR    a merged Hugging Face folder, the adapter, and GGUF files
     ftcourse serve --adapter qa=A ...        one base and its adapters over HTTP (OpenAI API, llama.cpp)
     ftcourse download --profile gpu --to D   copy a GPU profile's model and datasets to D (needs network)
+    ftcourse grade submissions/ --out G      run students' notebooks and every exercise check: G/grades.csv
 """
 
 from __future__ import annotations
@@ -158,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--profile", choices=[name for name in sorted(PROFILES) if name != "tiny"],
                           default="gpu")
     download.add_argument("--to", required=True, help="the folder: model/ and data/ go into it")
+
+    grade = commands.add_parser("grade", help="execute submitted notebooks and run every exercise check: "
+                                "grades.csv (student, chapter, exercise, passed, message) and summary.md")
+    grade.add_argument("submissions", nargs="+", metavar="SUBMISSION",
+                       help="a notebook, or a folder searched for them; the file name holds the chapter "
+                            "(alice-05_lora.ipynb or alice/05_lora.ipynb)")
+    grade.add_argument("--out", default=".", help="folder for grades.csv and summary.md (default: here)")
+    grade.add_argument("--timeout", type=positive_int, default=600, help="seconds per cell (default: 600)")
     return parser
 
 
@@ -506,11 +515,22 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_grade(args: argparse.Namespace) -> int:
+    """Grade every submitted notebook (it runs the students' code: use a throwaway environment),
+    write grades.csv and summary.md, and print the summary."""
+    from ftcourse.exercises.grading import grade
+
+    report = grade(args.submissions, timeout=args.timeout)
+    csv_path, summary_path = report.write(args.out)
+    print(report.summary() + f"\nwritten: {csv_path}, {summary_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = {"doctor": run_doctor, "pretrain": run_pretrain, "finetune": run_finetune, "chat": run_chat,
            "memory": run_memory, "evaluate": run_evaluate, "download": run_download, "export": run_export,
-           "serve": run_serve}[args.command]
+           "serve": run_serve, "grade": run_grade}[args.command]
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as err:

@@ -1,4 +1,5 @@
-"""Exercises on evaluation (chapter 08_evaluation): a bootstrap interval, McNemar's exact test, contamination.
+"""Exercises on evaluation (chapter 08_evaluation): a bootstrap interval, McNemar's exact test, contamination;
+predicting the question-answer format without examples; an open experiment on how many passages RAG needs.
 
 Each check compares the learner's function with `ftcourse.evaluate` (`bootstrap_ci`,
 `paired_comparison`, `contamination`) on seeded scores and fixed texts; common mistakes are named
@@ -15,6 +16,7 @@ import numpy as np
 
 from ftcourse.evaluate import bootstrap_ci, contamination, ngrams, paired_comparison, words
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_number
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 
 
 def bootstrap_mean_ci(scores: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95,
@@ -171,3 +173,49 @@ def _split_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     # n-grams of the raw whitespace-separated tokens, as a learner who skips normalising gets.
     tokens = text.split()
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("zero_shot_format", chapter="08_evaluation",
+        question="Asked in the chat format, the base model answers under 5% of the qa test questions; with "
+                 "three solved examples first ('Q: ... A: ...', the few-shot rung) it does better. What "
+                 "exact match, in percent, does it reach in the same 'Q: ... A:' format with no solved "
+                 "example?",
+        form=Number(rel=0.25, low=0, high=100, unit="%"))
+
+
+def _one_value_per_depth(finding: dict) -> str | None:
+    depths = finding["passages"]
+    if wrong := [f"{key} has {len(finding[key])} values" for key in ("answer_retrieved", "exact_match")
+                 if len(finding[key]) != len(depths)]:
+        return (f"{' and '.join(wrong)} for {len(depths)} numbers of passages: give one value per number of "
+                "passages in each list, in the same order")
+    if len(set(depths)) != len(depths):
+        return f"passages {depths} repeat a number: try different ones"
+    return None
+
+
+def _retrieval_never_falls(finding: dict) -> str | None:
+    # The top k + 1 passages hold the top k, so the share whose answer is among them cannot fall.
+    depths, shares = finding["passages"], finding["answer_retrieved"]
+    if len(depths) != len(shares) or len(set(depths)) != len(depths):
+        return None                                  # _one_value_per_depth says what is wrong
+    pairs = sorted(zip(depths, shares))
+    falls = [k for (_, earlier), (k, later) in zip(pairs, pairs[1:]) if later < earlier]
+    if not falls:
+        return None
+    return (f"answer_retrieved falls at passages {falls}, but the top k passages are among "
+            "the top k + 1: count the questions whose answer is in any of the k passages BM25 returns")
+
+
+experiment("rag_passages", chapter="08_evaluation",
+           question="How many passages should RAG retrieve? On the newfacts test, put the top k passages "
+                    "of the BM25 index before the prompt for three values of k or more, measure the share "
+                    "of questions whose answer is in one of the passages and the exact match, and say where "
+                    "more passages stop helping and what they cost.",
+           fields={"passages": Field(list, item=int, low=1, min_len=3),
+                   "answer_retrieved": Field(list, item=float, low=0, high=1, min_len=3),
+                   "exact_match": Field(list, item=float, low=0, high=1, min_len=3),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_value_per_depth, _retrieval_never_falls))

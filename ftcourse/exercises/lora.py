@@ -1,4 +1,5 @@
-"""Exercises on LoRA (chapter 05_lora): the forward pass, merging B A into W0, counting parameters.
+"""Exercises on LoRA (chapter 05_lora): the forward pass, merging B A into W0, counting parameters;
+predicting the share LoRA trains on a real model; an open experiment on adapter size against rank.
 
 Each check runs the learner's function on seeded random inputs and compares it with
 `ftcourse.lora` (`LoRALinear`, `count_lora_parameters`); common mistakes are named in the message.
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.lora import LoRA, LoRALinear
 from ftcourse.params import REAL_MODELS, count_lora_parameters, linear_shapes
 
@@ -177,3 +179,34 @@ def check_lora_parameter_count(answer: Callable) -> None:
         }
         expect_number(answer(config, targets, r), count_lora_parameters(config, LoRA(r=r, targets=targets)),
                       f"lora_parameter_count for {model}, targets {targets}, r={r}", rel=0, hints=hints)
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("lora_trainable_share", chapter="05_lora",
+        question="LoRA at r=16 on all seven linear layers (q, k, v, o, gate, up, down) of every transformer "
+                 "layer of Llama-3-8B: what percentage of the model's parameters does it train?",
+        form=Number(rel=0.25, low=0, high=100, unit="%"))
+
+
+def _one_size_per_rank(finding: dict) -> str | None:
+    ranks, sizes = finding["ranks"], finding["sizes_kb"]
+    if len(ranks) != len(sizes):
+        return (f"sizes_kb has {len(sizes)} values for {len(ranks)} ranks: give one size per rank, "
+                "in the same order")
+    return None
+
+
+def _distinct_ranks(finding: dict) -> str | None:
+    ranks = finding["ranks"]
+    return None if len(set(ranks)) == len(ranks) else f"ranks {ranks} repeat a rank: try different ones"
+
+
+experiment("lora_file_size", chapter="05_lora",
+           question="How does the size of a saved LoRA adapter grow with the rank r? Apply LoRA at two ranks "
+                    "or more to the tiny base model, save each adapter with save_adapter, measure its "
+                    "adapter_model.safetensors in kilobytes, and state the rule you see and why it holds.",
+           fields={"ranks": Field(list, item=int, low=1, min_len=2),
+                   "sizes_kb": Field(list, item=float, low=0, min_len=2),
+                   "conclusion": Field(str, min_len=20)},
+           checks=(_one_size_per_rank, _distinct_ranks))

@@ -1,4 +1,5 @@
-"""Exercises on the memory of training: bytes per parameter, and what ZeRO shards.
+"""Exercises on the memory of training: bytes per parameter, and what ZeRO shards; predicting
+the memory saving of LoRA at a long batch; an open experiment on sequence length and checkpointing.
 
 The oracle is `ftcourse.memory.model_state_bytes`, the accounting that reproduces the ZeRO
 paper's figure 1 in chapter 4 (weights, gradients and optimizer states; activations aside).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ftcourse.exercises.core import exercise, expect_number
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.memory import OPTIMIZERS, PRECISIONS, Setup, model_state_bytes
 
 
@@ -115,3 +117,47 @@ def _zero_mistakes(num_parameters: float, stage: int, num_devices: int) -> dict[
         "the gradients, stage 3 also the weights.": sharded(stage >= 1, stage >= 1, stage >= 1),
         "mixed-precision AdamW keeps 12 bytes of optimizer state per parameter: an fp32 master copy "
         "(4) and two fp32 moments (8).": sharded(stage >= 3, stage >= 2, stage >= 1, optimizer_bytes=8)}
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("long_batch_memory_ratio", chapter="04_full_vs_peft",
+        question="At one sequence of 512 tokens, full fine-tuning of Llama-2-7B needs about 7 times the peak"
+                 " memory of LoRA r=8 on q and v (mixed precision, no gradient checkpointing). At a batch of"
+                 " 8 sequences of 2,048 tokens, how many times LoRA's peak does full fine-tuning need?",
+        form=Number(rel=0.25, low=0, unit="times"))
+
+
+def _one_peak_per_length(finding: dict) -> str | None:
+    lengths = finding["seq_lens"]
+    if wrong := [f"{key} has {len(finding[key])} values" for key in ("peak_gb", "peak_gb_checkpointed")
+                 if len(finding[key]) != len(lengths)]:
+        return (f"{' and '.join(wrong)} for {len(lengths)} sequence lengths: give one peak per length in "
+                "each list, in the same order")
+    if len(set(lengths)) != len(lengths):
+        return f"seq_lens {lengths} repeat a length: try different ones"
+    return None
+
+
+def _checkpointing_keeps_less(finding: dict) -> str | None:
+    # Checkpointing keeps each layer's input instead of its activations; recomputing one layer costs a
+    # little at short lengths, never 5% of the peak.
+    lengths, plain, checkpointed = finding["seq_lens"], finding["peak_gb"], finding["peak_gb_checkpointed"]
+    if not len(lengths) == len(plain) == len(checkpointed):
+        return None                                  # _one_peak_per_length says what is wrong
+    above = [length for length, low, high in zip(lengths, checkpointed, plain) if low > 1.05 * high]
+    return (f"at seq_lens {above} the checkpointed peak is above the plain one, but checkpointing keeps "
+            "fewer activations: are the two lists swapped?") if above else None
+
+
+experiment("checkpointing_memory", chapter="04_full_vs_peft",
+           question="How does the peak memory of LoRA r=8 on Llama-2-7B grow with the sequence length, with "
+                    "and without gradient checkpointing? Estimate it with the memory model at three lengths "
+                    "or more (batch 1, mixed precision), find the longest sequence each way that fits a "
+                    "24 GB GPU, and say which term grows and what checkpointing trades for the memory it "
+                    "saves.",
+           fields={"seq_lens": Field(list, item=int, low=1, min_len=3),
+                   "peak_gb": Field(list, item=float, low=0, min_len=3),
+                   "peak_gb_checkpointed": Field(list, item=float, low=0, min_len=3),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_peak_per_length, _checkpointing_keeps_less))

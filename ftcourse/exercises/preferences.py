@@ -1,4 +1,5 @@
-"""Exercises for learning from preferences: the reward model's loss, DPO's loss, GRPO's advantages.
+"""Exercises for learning from preferences: the reward model's loss, DPO's loss, GRPO's advantages;
+predicting DPO's first loss; an open experiment on GRPO's group size and the groups that teach nothing.
 
 The oracles are the package's own: `ftcourse.reward.bradley_terry_loss`, `ftcourse.dpo.dpo_loss`
 (tested equal to TRL's DPOTrainer) and `ftcourse.rl.group_advantages` (as TRL's GRPOTrainer).
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from ftcourse.dpo import dpo_loss
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.reward import bradley_terry_loss
 from ftcourse.rl import group_advantages
 
@@ -134,3 +136,47 @@ def check_grpo_advantages(answer: Callable[..., Tensor]) -> None:
         raise ExerciseFailed("grpo_advantages on groups whose answers all got the same reward: NaN. Their "
                              "std is 0, so add eps to the std: such a group teaches nothing, advantage 0.")
     expect_close(got, group_advantages(binary, eps=1e-4), "grpo_advantages on 0/1 rewards", atol=1e-10)
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("dpo_first_loss", chapter="03_rlhf_preferences",
+        question="DPO starts with the policy equal to its reference. What is the DPO loss of the first batch "
+                 "of preference pairs, before any update, at beta = 0.1, in nats?",
+        form=Number(rel=0.2, low=0, unit="nats"))
+
+
+def _one_share_per_group_size(finding: dict) -> str | None:
+    sizes, shares = finding["group_sizes"], finding["wasted_percent"]
+    if len(sizes) != len(shares):
+        return (f"wasted_percent has {len(shares)} values for {len(sizes)} group sizes: give one value per "
+                "group size, in the same order")
+    if len(set(sizes)) != len(sizes):
+        return f"group_sizes {sizes} repeat a size: try different ones"
+    return None
+
+
+def _wasted_share_fits_p(finding: dict) -> str | None:
+    # A group of G answers all scores the same with probability p^G + (1-p)^G; a thousand simulated
+    # groups land within a few points of it, so 10 points apart means a different measurement.
+    p, sizes, shares = finding["p"], finding["group_sizes"], finding["wasted_percent"]
+    if len(sizes) != len(shares):
+        return None                                  # _one_share_per_group_size says what is wrong
+    far = [G for G, share in zip(sizes, shares) if abs(share - 100 * (p**G + (1 - p) ** G)) > 10]
+    return (f"wasted_percent for group sizes {far} is far from what a right-answer probability p = {p} "
+            "gives: count the groups whose answers all got the same reward (all advantages 0), as a "
+            "percentage of the groups, with enough groups (a thousand)") if far else None
+
+
+experiment("grpo_group_size", chapter="03_rlhf_preferences",
+           question="GRPO learns nothing from a group whose answers all get the same reward. For a question "
+                    "the policy answers right with probability p, how does the share of such groups depend "
+                    "on the group size G? Simulate 0/1 rewards for many groups at your p and three group "
+                    "sizes or more, compute their advantages with group_advantages, measure the percentage "
+                    "of groups whose advantages are all zero, and say what it means for choosing G and for "
+                    "questions that are too easy or too hard.",
+           fields={"p": Field(float, low=0, high=1),
+                   "group_sizes": Field(list, item=int, low=2, min_len=3),
+                   "wasted_percent": Field(list, item=float, low=0, high=100, min_len=3),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_share_per_group_size, _wasted_share_fits_p))

@@ -1,5 +1,6 @@
 """Exercises on exporting for llama.cpp (chapter 10_production): the q/k row order of RoPE, and
-the Q8_0 quantization of one block of weights.
+the Q8_0 quantization of one block of weights; predicting what splitting a file by row leaks; an
+open experiment on where a request's time goes.
 
 The first check compares with `ftcourse.llamacpp.rope_permute`, which the test suite proves right
 through llama.cpp's own logits; the second with the `gguf` package's Q8_0 quantizer, the one
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.llamacpp import rope_permute
 
 
@@ -89,3 +91,48 @@ def check_q8_0_block(answer: Callable) -> None:
                              torch.trunc(block / (absmax / 127)).to(torch.int64),
                          "multiplied by the scale instead of dividing by it.":
                              torch.round(block * (absmax / 127)).to(torch.int64)})
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("row_split_leak", chapter="10_production",
+        question="A data file holds every row three times (a file appended to itself, or three copies of "
+                 "each example after augmentation). Split it 60/10/30 by row instead of by prompt: what "
+                 "percentage of the test rows have their prompt in the training split too?",
+        form=Number(rel=0.25, low=0, high=100, unit="%"))
+
+
+def _one_time_per_length(finding: dict) -> str | None:
+    lengths, times = finding["new_tokens"], finding["milliseconds"]
+    if len(lengths) != len(times):
+        return (f"milliseconds has {len(times)} values for {len(lengths)} answer lengths: give one time per "
+                "length, in the same order")
+    if len(set(lengths)) != len(lengths):
+        return f"new_tokens {lengths} repeat a length: try different ones"
+    return None
+
+
+def _token_cost_fits_times(finding: dict) -> str | None:
+    # Latency is about a fixed cost (the prompt) plus ms_per_token per new token, so the tokens of the
+    # longest answer alone cannot take much longer than that whole answer did (1.5x allows for noise).
+    lengths, times, per_token = finding["new_tokens"], finding["milliseconds"], finding["ms_per_token"]
+    if len(lengths) != len(times):
+        return None                                  # _one_time_per_length says what is wrong
+    longest = lengths.index(max(lengths))
+    if per_token * lengths[longest] <= 1.5 * times[longest]:
+        return None
+    return (f"ms_per_token {per_token} times {lengths[longest]} tokens is more than the "
+            f"{times[longest]} ms that answer took: give the cost of one more token in milliseconds (the "
+            "slope of time against new_tokens)")
+
+
+experiment("generation_latency", chapter="10_production",
+           question="Where does a request's time go? With llama.cpp on the base model's GGUF file, time "
+                    "greedy answers of three lengths or more (never stopping early at EOS), and say how the "
+                    "latency grows with the answer's length, what one more token costs, and what that means "
+                    "for the max_tokens a server allows.",
+           fields={"new_tokens": Field(list, item=int, low=1, min_len=3),
+                   "milliseconds": Field(list, item=float, low=0, min_len=3),
+                   "ms_per_token": Field(float, low=0),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_time_per_length, _token_cost_fits_times))

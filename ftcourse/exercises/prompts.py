@@ -1,4 +1,5 @@
-"""Exercises on soft prompts (chapter 07_soft_prompts): prepending a prompt, counting, prefix layout.
+"""Exercises on soft prompts (chapter 07_soft_prompts): prepending a prompt, counting, prefix layout;
+predicting what a prompt started from text computes; an open experiment on how far training moves it.
 
 Each check compares the learner's function with `ftcourse.prompts`' soft-prompt models on a tiny
 random Llama: what it feeds the frozen model, how many parameters it trains, the keys and values
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
+from ftcourse.exercises.kinds import Choice, Field, experiment, predict
 from ftcourse.prompts import PrefixTuning, PromptTuning, SoftPromptModel
 
 
@@ -178,3 +180,48 @@ def check_prefix_to_key_values(answer: Callable) -> None:
                 }
                 expect_close(pair[index], getattr(cache.layers[layer], part + "s"),
                              f"{what}, layer {layer}'s {part}", atol=0, hints=hints)
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+# The largest change relative to the largest logit: rounding (float32 or bfloat16) stays far below 1%.
+SAME_LOGITS = 0.01
+
+predict("soft_prompt_text_init", chapter="07_soft_prompts",
+        question="Prompt tuning starts its virtual tokens from a text (init_text), untrained. Are its logits "
+                 "for a message 'the same' as the frozen model's when it reads that text as ordinary tokens "
+                 "before the message, or 'different'?",
+        form=Choice(("the same", "different"),
+                    right=lambda change: "the same" if change < SAME_LOGITS else "different"))
+
+
+def _one_share_per_rate(finding: dict) -> str | None:
+    rates, shares = finding["learning_rates"], finding["still_nearest"]
+    if len(rates) != len(shares):
+        return (f"still_nearest has {len(shares)} values for {len(rates)} learning rates: give one share per "
+                "learning rate, in the same order")
+    if len(set(rates)) != len(rates):
+        return f"learning_rates {rates} repeat a rate: try different ones"
+    return None
+
+
+def _shares_of_whole_tokens(finding: dict) -> str | None:
+    # A share of N virtual tokens is (tokens still nearest their start) / N; 2-decimal rounding is forgiven.
+    tokens = finding["virtual_tokens"]
+    odd = [share for share in finding["still_nearest"]
+           if abs(share * tokens - round(share * tokens)) > 0.005 * tokens]
+    return (f"still_nearest {odd} cannot be shares of {tokens} virtual tokens: give each as (virtual tokens "
+            "whose nearest token embedding is their starting token) / virtual_tokens") if odd else None
+
+
+experiment("soft_prompt_drift", chapter="07_soft_prompts",
+           question="Does a trained soft prompt still read as words? Train prompt tuning from a text "
+                    "start on routing for the same number of steps at two learning rates or more, measure "
+                    "the share of virtual tokens whose nearest token embedding is still the token they "
+                    "started from, and say what the learning rate does to the prompt and whether you could "
+                    "read a trained prompt back as text.",
+           fields={"virtual_tokens": Field(int, low=1), "steps": Field(int, low=1),
+                   "learning_rates": Field(list, item=float, low=0, min_len=2),
+                   "still_nearest": Field(list, item=float, low=0, high=1, min_len=2),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_share_per_rate, _shares_of_whole_tokens))

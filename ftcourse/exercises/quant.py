@@ -1,4 +1,5 @@
-"""Exercises on 4-bit quantization (chapter 06_qlora): NF4 codes of a block, decoding, storage cost.
+"""Exercises on 4-bit quantization (chapter 06_qlora): NF4 codes of a block, decoding, storage cost;
+predicting which 4-bit type loses least on uniform weights; an open experiment on the block size.
 
 Each check runs the learner's function on seeded random blocks and compares it with
 `ftcourse.quant` (`quantize_4bit`, `dequantize_4bit`, `bits_per_parameter`), which the test suite
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
+from ftcourse.exercises.kinds import Choice, Field, experiment, predict
 from ftcourse.quant import (
     NF4_CODE,
     Quantized4bit,
@@ -137,3 +139,53 @@ def check_bits_per_weight(answer: Callable) -> None:
         expect_number(answer(blocksize, double_quant, nested), want, hints=hints,
                       what=f"bits_per_weight(blocksize={blocksize}, double_quant={double_quant}, "
                            f"nested_blocksize={nested})")
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("nf4_uniform_weights", chapter="06_qlora",
+        question="NF4 loses the least of the three 4-bit types on normally distributed weights. On weights "
+                 "drawn uniformly from [-1, 1], which type has the smallest round-trip error: 'int4', 'fp4' "
+                 "or 'nf4'?",
+        form=Choice(("int4", "fp4", "nf4"), right=lambda errors: min(errors, key=errors.get)))
+
+
+def _one_value_per_blocksize(finding: dict) -> str | None:
+    blocksizes = finding["blocksizes"]
+    if wrong := [f"{key} has {len(finding[key])} values" for key in ("errors", "bits_per_weight")
+                 if len(finding[key]) != len(blocksizes)]:
+        return (f"{' and '.join(wrong)} for {len(blocksizes)} block sizes: give one value per block size in "
+                "each list, in the same order")
+    if len(set(blocksizes)) != len(blocksizes):
+        return f"blocksizes {blocksizes} repeat a size: try different ones"
+    return None
+
+
+def _bits_as_stored(finding: dict) -> str | None:
+    # The bytes stored for a weight of 8,192 values or more come within 0.05 bits of the paper's formula,
+    # plain or double-quantized (the excess: a partial last block, one offset and second-level scale).
+    def off_formula(blocksize: int, bits: float) -> bool:
+        return min(abs(bits - bits_per_parameter(blocksize, double)) for double in (False, True)) > 0.05
+
+    blocksizes, bits_per_weight = finding["blocksizes"], finding["bits_per_weight"]
+    if len(blocksizes) != len(bits_per_weight):
+        return None                                  # _one_value_per_blocksize says what is wrong
+    far = [(size, bits) for size, bits in zip(blocksizes, bits_per_weight) if off_formula(size, bits)]
+    if not far:
+        return None
+    return (f"bits_per_weight {[bits for _, bits in far]} for blocksizes {[size for size, _ in far]} match "
+            "neither 4 + 32 / blocksize (plain) nor 4 + 8 / blocksize + 32 / (256 blocksize) (double "
+            "quantization): measure 8 * nbytes() / numel() on a weight of the model, in bits")
+
+
+experiment("quant_block_size", chapter="06_qlora",
+           question="What does the block size trade? Quantize one linear weight of the base model to NF4 "
+                    "with three block sizes or more (bitsandbytes uses 64), measure for each the round-trip "
+                    "error (quantization_error) and the bits stored per weight (8 * nbytes() / numel(), with "
+                    "or without double quantization), and say which block size you would choose and why "
+                    "QLoRA double-quantizes the scales instead of using larger blocks.",
+           fields={"blocksizes": Field(list, item=int, low=2, min_len=3),
+                   "errors": Field(list, item=float, low=0, high=1, min_len=3),
+                   "bits_per_weight": Field(list, item=float, low=4, high=20, min_len=3),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_value_per_blocksize, _bits_as_stored))

@@ -1,7 +1,9 @@
-"""Exercises for the quickstart: score answers by exact match, count what a method trains.
+"""Exercises for the quickstart: score answers by exact match, count what a method trains;
+predict the width of a bootstrap interval; an open experiment on what the base model knows.
 
 The oracles are the package's own `ftcourse.evaluate.exact_match` (the metric every chapter
-reports) and `ftcourse.methods.count_trainable` (the table `load_base` is shown with).
+reports) and `ftcourse.methods.count_trainable` (the table `load_base` is shown with). The
+prediction is measured with `ftcourse.evaluate.bootstrap_ci`, the experiment with `recall_accuracy`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import nn
 
 from ftcourse.evaluate import exact_match
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_equal, expect_number
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.methods import count_trainable
 
 
@@ -114,3 +117,32 @@ def check_parameter_counts(answer: Callable[[nn.Module], tuple[int, int]]) -> No
             "of its names; use model.parameters().": sum(t.numel() for t in state.values()),
             "you counted only the trainable parameters: the total includes frozen ones.":
                 counts["trainable"]})
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("bootstrap_interval_width", chapter="00_quickstart",
+        question="A model answers 50 of 100 test questions right. How wide is the 95% bootstrap interval "
+                 "of its exact match (high minus low), in percentage points?",
+        form=Number(rel=0.25, low=0, high=100, unit="points"))
+
+
+def _shares_of_whole_people(finding: dict) -> str | None:
+    # A share measured on n people is (right answers) / n; rounding to 2 decimals is forgiven.
+    people = finding["people"]
+    shares = finding["recall_pretraining_wordings"] + finding["recall_new_wordings"]
+    odd = [share for share in shares if abs(share * people - round(share * people)) > 0.005 * people + 1e-9]
+    return (f"recall {odd} cannot be measured on {people} people: give each as (people whose city the "
+            "model completes) / people") if odd else None
+
+
+experiment("fact_or_sentence", chapter="00_quickstart",
+           question="Does the base model know a fact, or only the sentences it read? Complete where each of "
+                    "the same people lives in wordings the pretraining text used and in new ones, measure "
+                    "the share of people whose city the base model completes for each wording, and say what "
+                    "decides whether it does.",
+           fields={"people": Field(int, low=10),
+                   "recall_pretraining_wordings": Field(list, item=float, low=0, high=1, min_len=1),
+                   "recall_new_wordings": Field(list, item=float, low=0, high=1, min_len=2),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_shares_of_whole_people,))

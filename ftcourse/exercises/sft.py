@@ -1,4 +1,5 @@
-"""Exercises for supervised fine-tuning: mask the prompt, the shifted loss, the packing mask.
+"""Exercises for supervised fine-tuning: mask the prompt, the shifted loss, the packing mask;
+predicting the share of tokens the loss falls on; an open experiment on padding against batch size.
 
 The oracles: `ftcourse.chat.tokenize_example` (labels of a real chat, rendered with the tiny
 model's chat template), `ftcourse.batching.causal_lm_loss` (the loss of every training run here,
@@ -20,6 +21,7 @@ from torch import Tensor
 from ftcourse.batching import causal_lm_loss, packed_attention_mask
 from ftcourse.chat import prompt_ids, tokenize_example
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_equal
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.models import EMBEDDED_MODEL
 
 
@@ -170,3 +172,43 @@ def check_block_causal_mask(answer: Callable[[list[int]], Tensor]) -> None:
             "causal one (j <= i).": block.int(),
             "your mask is transposed: row i says what token i may attend to, so keep j <= i "
             "(the lower triangle).": want.T.int()})
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("loss_token_share", chapter="02_sft_instruction_tuning",
+        question="Over the whole instruction training set (questions, arithmetic, reversals, descriptions), "
+                 "what percentage of the tokens the model reads carry a label, so that the loss falls on "
+                 "them (the responses and their EOS)?",
+        form=Number(rel=0.25, low=0, high=100, unit="%"))
+
+
+def _one_share_per_batch_size(finding: dict) -> str | None:
+    sizes, shares = finding["batch_sizes"], finding["padding_percent"]
+    if len(sizes) != len(shares):
+        return (f"padding_percent has {len(shares)} values for {len(sizes)} batch sizes: give one value per "
+                "batch size, in the same order")
+    if len(set(sizes)) != len(sizes):
+        return f"batch_sizes {sizes} repeat a size: try different ones"
+    return None
+
+
+def _no_padding_alone(finding: dict) -> str | None:
+    # A batch of one example is padded to its own length: nothing to pad.
+    sizes, shares = finding["batch_sizes"], finding["padding_percent"]
+    if 1 not in sizes or len(sizes) != len(shares) or abs(shares[sizes.index(1)]) < 1e-9:
+        return None
+    return (f"padding_percent for batch size 1 is {shares[sizes.index(1)]}, but a batch of one example has "
+            "no padding: check what you measured")
+
+
+experiment("padding_waste", chapter="02_sft_instruction_tuning",
+           question="How much of a padded batch is padding, and how does it grow with the batch size? Pad "
+                    "the tokenized training examples in batches of three sizes or more (in data order, each "
+                    "batch to its longest example, as pad_batch does), measure the percentage of positions "
+                    "that are padding, and say what it costs a training step and what packing or sorting "
+                    "the examples by length would change.",
+           fields={"batch_sizes": Field(list, item=int, low=1, min_len=3),
+                   "padding_percent": Field(list, item=float, low=0, high=100, min_len=3),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_share_per_batch_size, _no_padding_alone))

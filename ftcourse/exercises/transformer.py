@@ -1,4 +1,5 @@
-"""Exercises inside the transformer: RMSNorm, causal attention, the parameters of one layer.
+"""Exercises inside the transformer: RMSNorm, causal attention, the parameters of one layer;
+predicting the FLOPs of a long context; an open experiment on key/value heads and the FFN's share.
 
 The oracles: `ftcourse.transformer.RMSNorm`, torch's `scaled_dot_product_attention` (the kernel
 transformers' Llama calls; ours adds projections and RoPE around the same arithmetic), and
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
+from ftcourse.exercises.kinds import Field, Number, experiment, predict
 from ftcourse.models import EMBEDDED_MODEL
 from ftcourse.params import REAL_MODELS, count_parameters
 from ftcourse.transformer import RMSNorm
@@ -163,3 +165,45 @@ def check_llama_layer_parameters(answer: Callable[[dict], int]) -> None:
             "you left out the two RMSNorm weights of a layer (D each).": want - 2 * D,
             "a layer has two RMSNorms (before attention and before the FFN), each with D weights.":
                 want - D})
+
+
+# ---------------------------------------------------------------- predict, then run; an open experiment
+
+predict("long_context_flops", chapter="01_transformer_internals",
+        question="Llama-3-8B reads a context of 32,768 tokens instead of 512. How many times the forward "
+                 "FLOPs per token at 512 does a token then cost, by flops_per_token (the count of this "
+                 "chapter's table)?",
+        form=Number(rel=0.25, low=0, unit="times"))
+
+
+def _one_share_per_setting(finding: dict) -> str | None:
+    kv_heads, shares = finding["kv_heads"], finding["ffn_share_of_layers"]
+    if len(kv_heads) != len(shares):
+        return (f"ffn_share_of_layers has {len(shares)} values for {len(kv_heads)} settings of kv_heads: "
+                "give one share per setting, in the same order")
+    if len(set(kv_heads)) != len(kv_heads):
+        return f"kv_heads {kv_heads} repeat a setting: try different ones"
+    return None
+
+
+def _shares_fall_with_more_kv_heads(finding: dict) -> str | None:
+    # More key/value heads mean larger k_proj and v_proj, with the FFN unchanged: a count, no noise.
+    kv_heads, shares = finding["kv_heads"], finding["ffn_share_of_layers"]
+    if len(kv_heads) != len(shares) or len(set(kv_heads)) != len(kv_heads):
+        return None                                  # _one_share_per_setting says what is wrong
+    pairs = sorted(zip(kv_heads, shares))
+    if all(later <= earlier for (_, earlier), (_, later) in zip(pairs, pairs[1:])):
+        return None                                  # equal is fine: shares rounded to 2 digits
+    return ("ffn_share_of_layers rises as kv_heads grows, but every extra key/value head adds "
+            "parameters to k_proj and v_proj and none to the FFN: check the order of your two lists")
+
+
+experiment("kv_heads_ffn_share", chapter="01_transformer_internals",
+           question="How does the number of key/value heads change the FFN's share of a layer's parameters, "
+                    "and so the article's two-thirds? Take a real model's config, set num_key_value_heads to "
+                    "three values or more (each dividing num_attention_heads), count each with "
+                    "count_parameters, and say where the two-thirds holds and why.",
+           fields={"kv_heads": Field(list, item=int, low=1, min_len=3),
+                   "ffn_share_of_layers": Field(list, item=float, low=0, high=1, min_len=3),
+                   "conclusion": Field(str, min_len=40)},
+           checks=(_one_share_per_setting, _shares_fall_with_more_kv_heads))
