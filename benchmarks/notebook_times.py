@@ -6,17 +6,21 @@
 
 `--measure` and `--save` write benchmarks/results/notebook_times.json and the table book/_timings.md
 that the instructors' guide includes, with the machine they were measured on (CPU model, cores,
-AVX-512 or not). `make test` records the times of its own nbval run and shows them beside the
-guide's. It never fails on them: a machine twice as fast or twice as slow as the one that measured
-the guide is not a defect, so time is never a test.
+AVX-512 or not). They also rewrite the machine minutes in each chapter's "In this chapter" time line
+(`<!-- time: STEM --> about N min`), so the chapters stay true when the times are re-measured.
+`make test` records the times of its own nbval run and shows them beside the guide's. It never
+fails on them: a machine twice as fast or twice as slow as the one that measured the guide is not a
+defect, so time is never a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "notebook_times.json"
 TABLE = ROOT / "book" / "_timings.md"
 BOOK_GOAL_MINUTES = 15
+# The slower kind of our 2-core test machines (no AVX-512 bfloat16) ran the whole book 3.3 times as
+# long as the machine of the saved measurement: book/instructors.md, "The CPU track" (commit 28fde2e,
+# 16.3 min against 4.9). Chapters state their machine time on that slower machine.
+SLOWER_MACHINE_FACTOR = 3.3
+# A chapter's time line: "**Time:** <!-- time: 05_lora --> about 3 min of machine time ..."
+TIME_LINE = re.compile(r"(<!-- time: (?P<stem>[\w-]+) --> about )(?P<minutes>\d+)( min of machine time)")
+# A row of the instructors' three-hour plan: "| 0:35 | {doc}`../notebooks/02_sft...` | 3 min | ..."
+LAB_PLAN = ROOT / "book" / "instructors.md"
+LAB_ROW = re.compile(r"(\| \{doc\}`\.\./notebooks/(?P<stem>[\w-]+)` \| )(?P<minutes>\d+)( min \|)")
 
 
 def measure() -> dict[str, float]:
@@ -72,8 +85,57 @@ def markdown_table(times: dict[str, float], machine: dict[str, object] | None = 
     return "\n".join(rows) + "\n"
 
 
+def machine_minutes(seconds: float) -> int:
+    """A chapter's run time on the slower of our machines, in whole minutes rounded up.
+
+    The chapters' time lines state it, so that a lab planned from them does not run short.
+    """
+    return math.ceil(seconds * SLOWER_MACHINE_FACTOR / 60)
+
+
+def write_time_lines(times: dict[str, float], root: Path = ROOT) -> list[Path]:
+    """Rewrite the minutes in the time line of each chapter notebook in `times`; return those changed.
+
+    Only the number changes: the file is edited as bytes of UTF-8 text, not re-serialised, so the
+    rest of the notebook stays byte for byte as it was, line endings included.
+    """
+    chapters = {root / name: seconds for name, seconds in times.items() if name.startswith("notebooks/")}
+    problems, old, new = [], {}, {}
+    for path, seconds in chapters.items():
+        old[path] = path.read_bytes().decode("utf-8")
+        stems = [match["stem"] for match in TIME_LINE.finditer(old[path])]
+        if stems != [path.stem]:
+            name = path.relative_to(root).as_posix()
+            problems.append(f"{name} has time lines for {stems}, not one for {path.stem!r}")
+        new[path] = TIME_LINE.sub(rf"\g<1>{machine_minutes(seconds)}\g<4>", old[path])
+    if problems:
+        raise ValueError("; ".join(problems) + ". Each chapter needs exactly one line '<!-- time: STEM --> "
+                         "about N min of machine time' in its 'In this chapter' box (tests/test_book.py).")
+    changed = [path for path in chapters if new[path] != old[path]]
+    for path in changed:
+        path.write_bytes(new[path].encode("utf-8"))
+    return changed
+
+
+def write_lab_plan(times: dict[str, float], plan: Path = LAB_PLAN) -> bool:
+    """Rewrite the machine minutes of each chapter row in the instructors' three-hour plan.
+
+    Returns whether the file changed; a row for a notebook that `times` lacks is an error.
+    """
+    text = plan.read_text()
+    seconds = {row["stem"]: times.get(f"notebooks/{row['stem']}.ipynb") for row in LAB_ROW.finditer(text)}
+    if missing := [stem for stem, measured in seconds.items() if measured is None]:
+        raise ValueError(f"{plan.name}'s lab plan names {missing}, which the measured run lacks.")
+    new = LAB_ROW.sub(lambda row: f"{row[1]}{machine_minutes(seconds[row['stem']])}{row[4]}", text)
+    if new != text:
+        plan.write_text(new)
+    return new != text
+
+
 def save(times: dict[str, float]) -> None:
-    """Write the JSON record (with the machine it ran on) and the guide's markdown table."""
+    """Write the chapters' time lines, the JSON record (with the machine it ran on) and the guide's table."""
+    write_time_lines(times)                    # first: a chapter without its time line stops everything
+    write_lab_plan(times)
     SAVED.parent.mkdir(parents=True, exist_ok=True)
     machine = {**cpu(), "python": platform.python_version(), "platform": platform.platform()}
     SAVED.write_text(json.dumps({"machine": machine, "seconds": times}, indent=1) + "\n")
