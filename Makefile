@@ -21,7 +21,7 @@ export FTCOURSE_PROFILE ?= tiny
 export PYTHONHASHSEED := 0
 export FTCOURSE_SOLUTIONS := show
 
-.PHONY: setup browser book serve timings catalogue bench equivalence test-hub test lint clean
+.PHONY: setup browser book serve timings profile catalogue bench equivalence test-hub test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP)
 # Re-measure each notebook's run time for the instructors' guide (book/_timings.md).
 timings: $(STAMP)
 	$(BIN)/python benchmarks/notebook_times.py --measure
+
+# Where the book's time goes: every notebook cell by cell, with the training steps and tokens of
+# each cell (benchmarks/results/cell_profile.md); about as long as the book.
+profile: $(STAMP)
+	$(BIN)/python benchmarks/cell_profile.py
 
 # Regenerate the book's table of bad inputs (book/_catalogue.md) from tests/catalogue.py.
 catalogue: $(STAMP)

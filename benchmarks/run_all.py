@@ -46,6 +46,8 @@ def value_text(value: float, metric: str) -> str:
         return f"{value * 1e3:.1f} ms"
     if metric == "bytes":
         return f"{value / 2**20:.1f} MiB"
+    if metric == "FLOP/s":
+        return f"{value / 1e9:.1f} GFLOP/s"
     return f"{value:,.0f} {metric}"
 
 
@@ -90,7 +92,8 @@ def plot(rows: list[Comparison], path: Path) -> None:
         ax.text(max(right, row.goal or 0), y, f"  {row.ratio:.2f}x", va="center", fontsize=8)
     ax.axvline(1.0, color="black", linestyle=":", linewidth=1)
     ax.set_yticks(list(positions), [row.benchmark for row in rows], fontsize=8)
-    ax.set_xlabel("ours / library; black tick: the goal\n(tokens/s: higher is better; time, memory: lower)")
+    ax.set_xlabel("ours / library; black tick: the goal\n"
+                  "(tokens/s and MFU: higher is better; time, memory: lower)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

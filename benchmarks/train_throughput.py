@@ -11,7 +11,9 @@ batches (each library's collator is checked against ours on every batch before t
 same optimizer (torch AdamW, our betas, no weight decay, lr 1e-3, cosine schedule, clipping at 1)
 and no evaluation, saving, logging or progress bar. Tokens/s counts the non-padding tokens over
 the training loop's time: our `TrainResult.seconds`, the libraries' on_train_begin to on_train_end.
-Goal: ours >= 1.0x each library's tokens/s. Peak memory (full runs only, no goal):
+Goal: ours >= 1.0x each library's tokens/s. Model FLOPs utilisation (MFU): our loop's 6·N·tokens/s
+(N: every parameter; forward and backward) over the fp32 matmul peak of this machine at the same
+thread count, a 1024 x 1024 matmul measured in the same run; goal 0.30. Peak memory (full runs only, no goal):
 `ftcourse.memory.measure_peak` (torch's profiler) of a 3-step run of each side.
 
 Where they still differ: TRL also computes each token's entropy and accuracy for its logs every
@@ -41,6 +43,7 @@ from ftcourse.sft import tokenize_instructions
 from ftcourse.train import TrainConfig, example_order, make_optimizer, train
 
 GOAL = 1.0
+MFU_GOAL = 0.30
 LIBRARIES = {"trainer": "transformers Trainer", "sft_trainer": "TRL SFTTrainer"}
 Examples = list[dict[str, list[int]]]
 
@@ -116,6 +119,18 @@ def check_same_batches(collate: Callable, ordered: Examples, batch_size: int, pa
             assert torch.equal(tensor, theirs[key]), f"{type(collate).__name__} pads {key} differently"
 
 
+def matmul_flops(size: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of one fp32 size x size matmul here, at torch's thread count: the peak MFU divides by."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b                                                            # warm-up: kernels and caches
+    seconds = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - began)
+    return 2 * size ** 3 / median(seconds)
+
+
 def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
     """Tokens/s (and, unless `quick`, peak memory) of our loop, Trainer and SFTTrainer."""
     base, tokenizer = load_base(profile="tiny")
@@ -141,6 +156,12 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
     rows = [Comparison(f"train tokens/s vs {name}", "tokens/s", median(per_round["ours"]),
                        median(per_round[kind]), GOAL, higher_is_better=True, details=details,
                        spread=spread(per_round["ours"], per_round[kind])) for kind, name in LIBRARIES.items()]
+    flops_per_token = 6 * sum(p.numel() for p in base.parameters())
+    peak_flops = matmul_flops(256 if quick else 1024)
+    rows.append(Comparison(f"train MFU, batch {batch_size}: 6N tokens/s over the fp32 matmul peak", "FLOP/s",
+                           flops_per_token * median(per_round["ours"]), peak_flops, MFU_GOAL,
+                           higher_is_better=True, details={**details, "flops_per_token": flops_per_token,
+                                                           "matmul_flops": peak_flops}))
     if quick:   # torch's memory-timeline analysis takes ~6 s per side: full runs only
         return rows
     peak = {kind: measure_peak(side(kind, 3))["total"] for kind in sides}

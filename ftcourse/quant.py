@@ -48,6 +48,7 @@ def byte_table(code: Tensor) -> Tensor:
 
 
 BYTE_TABLES: dict[str, Tensor] = {name: byte_table(code) for name, code in CODES.items()}
+DEQUANTIZE_CHUNK = 1 << 19   # values per step of dequantize_4bit: 1.7x bitsandbytes' time unchunked, 1.1x so
 
 DEFAULT_BLOCKSIZE = 64          # numbers sharing one absmax (bitsandbytes' 4-bit default)
 NESTED_BLOCKSIZE = 256          # block maxima sharing one second-level absmax (double quantization)
@@ -193,11 +194,22 @@ def quantize_4bit(x: Tensor, quant_type: QuantType = "nf4", blocksize: int = DEF
 
 
 def dequantize_4bit(q: Quantized4bit) -> Tensor:
-    """code[index] * absmax[block], computed in float32 and cast back to the original dtype."""
-    n = math.prod(q.shape)
+    """code[index] * absmax[block], computed in float32 and cast back to the original dtype.
+
+    One lookup per byte gives its two values; it runs in chunks of whole blocks of about half a
+    million values, so each chunk's indices and values are still in cache when they are scaled.
+    """
+    n, blocksize = math.prod(q.shape), q.blocksize
     table = BYTE_TABLES[q.quant_type].to(q.packed.device)
-    values = table.index_select(0, q.packed.reshape(-1).int()).view(torch.float32)[:n]
-    return _times_block_scale_(values, q.block_absmax(), q.blocksize).to(q.dtype).reshape(q.shape)
+    packed, absmax = q.packed.reshape(-1), q.block_absmax()
+    values = torch.empty(2 * packed.numel(), dtype=torch.float32, device=packed.device)
+    chunk = blocksize * -(-DEQUANTIZE_CHUNK // blocksize)        # values, whole blocks (blocksize is even)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        pairs = values[start:start + 2 * ((stop - start + 1) // 2)].view(torch.int64)  # 2 values a byte
+        torch.index_select(table, 0, packed[start // 2:start // 2 + pairs.numel()].int(), out=pairs)
+        _times_block_scale_(values[start:stop], absmax[start // blocksize:-(-stop // blocksize)], blocksize)
+    return values[:n].to(q.dtype).reshape(q.shape)
 
 
 def quantize_blockwise(x: Tensor, code: Tensor, blocksize: int) -> tuple[Tensor, Tensor]:

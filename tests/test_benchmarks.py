@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import run_all  # noqa: E402
 
 # In the order run_all writes them; --quick leaves out peak memory (torch's profiler takes ~6 s a side).
-EXPECTED = ["train tokens/s vs transformers Trainer", "train tokens/s vs TRL SFTTrainer",
+EXPECTED = ["train tokens/s vs transformers Trainer", "train tokens/s vs TRL SFTTrainer", "train MFU",
             "lora layer fwd+bwd", "nf4 quantize", "nf4 dequantize", "nf4 quantize + double quant",
             "nf4 dequantize + double quant", "load the embedded model"]
 
@@ -54,3 +54,42 @@ def test_notebook_times_join_the_report_with_the_book_goal(tmp_path):
               "notebooks": notebooks}
     page = run_all.markdown(report)
     assert "whole book under 15 min: **not met**" in page and "| `00` | 600 s |" in page
+
+
+def test_cell_profile_gives_each_cell_its_seconds_and_the_training_steps_it_ran(tmp_path):
+    import cell_profile
+    import nbformat
+
+    cells = [nbformat.v4.new_markdown_cell("## Train a little"),
+             nbformat.v4.new_code_cell("from ftcourse import load_base\nfrom ftcourse.sft import finetune\n"
+                                       "from ftcourse.data import load_task\n"
+                                       "from ftcourse.train import TrainConfig\n"
+                                       "model, tokenizer = load_base()\n"
+                                       "rows = list(load_task('qa')['train'])[:8]"),
+             nbformat.v4.new_markdown_cell("## Then three steps"),
+             nbformat.v4.new_code_cell("model, result = finetune(model, tokenizer, rows, 'full', "
+                                       "TrainConfig(max_steps=3, batch_size=2), progress=False)"),
+             nbformat.v4.new_code_cell("steps = len(result.history)")]
+    path = tmp_path / "planted.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}), path)
+    rows = cell_profile.profile_notebook(path)
+    assert [row["cell"] for row in rows] == [1, 3, 4]
+    assert [row["section"] for row in rows] == ["Train a little", "Then three steps", "Then three steps"]
+    assert [row["train_steps"] for row in rows] == [0, 3, 0]
+    assert rows[1]["tokens"] > 0 and all(row["seconds"] >= 0 for row in rows)
+    page = cell_profile.report({"planted": rows}, top=2)
+    assert "| `planted` |" in page and page.count("| 3 | Then three steps |") == 1
+
+
+def test_step_profile_splits_a_step_into_categories_that_add_up_to_its_time(keep_threads):
+    import step_profile
+
+    per_step, wall = step_profile.profile_steps(batch_size=2, steps=2, warmup=1)
+    assert set(per_step) == {"matmul", "attention", "optimizer", "other ops", "Python and framework"}
+    # AdamW on the CPU runs plain aten ops (mul_, lerp_, ...): only their place inside Optimizer.step
+    # makes them the optimizer's, so a profile sorted by op name alone would report 0 here.
+    assert per_step["matmul"] > 0 and per_step["optimizer"] > 0 and per_step["attention"] > 0
+    assert all(seconds <= wall for seconds in per_step.values())
+    page = step_profile.report(per_step, wall, batch_size=2, threads=torch.get_num_threads())
+    assert "Not matmul:" in page and "| optimizer |" in page
