@@ -93,3 +93,19 @@ def test_step_profile_splits_a_step_into_categories_that_add_up_to_its_time(keep
     assert all(seconds <= wall for seconds in per_step.values())
     page = step_profile.report(per_step, wall, batch_size=2, threads=torch.get_num_threads())
     assert "Not matmul:" in page and "| optimizer |" in page
+
+
+def test_step_options_fused_optimizer_keeps_every_setting_and_fuses(keep_threads):
+    import step_options
+
+    from ftcourse.models import load_base
+    from ftcourse.train import TrainConfig, make_optimizer
+
+    model = load_base(profile="tiny")[0]
+    config = TrainConfig(max_steps=1, lr=3e-3, weight_decay=0.1)
+    plain, fused = make_optimizer(model, config), step_options.fused_optimizer(make_optimizer)(model, config)
+    assert [group["fused"] for group in fused.param_groups] == [True] * len(plain.param_groups)
+    for ours, theirs in zip(plain.param_groups, fused.param_groups):
+        assert {key: ours[key] for key in ("lr", "betas", "eps", "weight_decay")} == {
+            key: theirs[key] for key in ("lr", "betas", "eps", "weight_decay")}
+        assert [id(p) for p in ours["params"]] == [id(p) for p in theirs["params"]]
