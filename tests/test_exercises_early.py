@@ -189,7 +189,7 @@ def test_finding_of_the_wrong_form_lists_every_problem(name, recorded):
     ("padding_waste", {"padding_percent": [5.0, 10.0, 20.0, 30.0]}, "batch size 1 is 5.0, but a batch"),
     ("padding_waste", {"batch_sizes": [1, 2, 4]}, "padding_percent has 4 values for 3 batch sizes"),
     ("grpo_group_size", {"p": 0.9}, r"wasted_percent for group sizes \[2, 4, 8, 16\] is far from"),
-    ("grpo_group_size", {"group_sizes": [2, 4, 4, 16]}, r"group_sizes \[2, 4, 4, 16\] repeat a size"),
+    ("grpo_group_size", {"group_sizes": [2, 4, 4, 16]}, r"group_sizes \[2, 4, 4, 16\] repeat a group size"),
     ("checkpointing_memory", {"peak_gb": [1.0, 2.0, 3.0]}, "peak_gb has 3 values for 4 sequence lengths"),
     ("checkpointing_memory", "swap", r"at seq_lens \[512, 2048, 8192, 32768\] the checkpointed peak is"),
 ])

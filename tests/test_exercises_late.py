@@ -213,24 +213,25 @@ def test_a_malformed_finding_lists_every_problem(name, recorded):
 INCONSISTENT = [
     ("quant_block_size", {"errors": [0.0065, 0.0085, 0.012]}, "errors has 3 values for 4 block sizes"),
     ("quant_block_size", {"blocksizes": [16, 64, 1000, 1000]},
-     r"blocksizes \[16, 64, 1000, 1000\] repeat a size"),
+     r"blocksizes \[16, 64, 1000, 1000\] repeat a block size"),
     ("quant_block_size", {"bits_per_weight": [6.0, 4.25, 4.032, 4.0]},   # 4.25: neither 4.5 nor 4.127
      r"bits_per_weight \[4.25\] for blocksizes \[64\] match neither 4 \+ 32 / blocksize"),
     ("soft_prompt_drift", {"still_nearest": [0.69, 0.5, 0]}, r"still_nearest \[0.5\] cannot be shares of 29"),
     ("soft_prompt_drift", {"still_nearest": [0.69, 0.0]}, "still_nearest has 2 values for 3 learning rates"),
-    ("soft_prompt_drift", {"learning_rates": [0.3, 0.3, 3]}, r"learning_rates \[0.3, 0.3, 3\] repeat a rate"),
+    ("soft_prompt_drift", {"learning_rates": [0.3, 0.3, 3]},
+     r"learning_rates \[0.3, 0.3, 3\] repeat a learning rate"),
     ("rag_passages", {"exact_match": [0.45, 0.98, 0.99, 0.99]},
      "exact_match has 4 values for 3 numbers of passages"),
-    ("rag_passages", {"passages": [1, 2, 2]}, r"passages \[1, 2, 2\] repeat a number"),
+    ("rag_passages", {"passages": [1, 2, 2]}, r"passages \[1, 2, 2\] repeat a number of passages"),
     ("rag_passages", {"answer_retrieved": [0.5, 1.0, 0.9]}, r"answer_retrieved falls at passages \[8\]"),
     ("claim_at_scale", {"claim": "peft-share"}, "claim 'peft-share' is not one of the ledger's claim ids: "
                                                 "use one of ffn-two-thirds, "),
-    ("claim_at_scale", {"values": [8.5, 0.3, 0.2, 0.15]}, "values has 4 numbers for 3 models"),
+    ("claim_at_scale", {"values": [8.5, 0.3, 0.2, 0.15]}, "values has 4 values for 3 models"),
     ("claim_at_scale", {"parameters_billions": [6.7, 6.7, 65.3]},
-     r"parameters_billions \[6.7, 6.7, 65.3\] repeat a size"),
+     r"parameters_billions \[6.7, 6.7, 65.3\] repeat a model size"),
     ("generation_latency", {"milliseconds": [2.9, 8.6, 20.0, 44.0]},
      "milliseconds has 4 values for 3 answer lengths"),
-    ("generation_latency", {"new_tokens": [8, 8, 256]}, r"new_tokens \[8, 8, 256\] repeat a length"),
+    ("generation_latency", {"new_tokens": [8, 8, 256]}, r"new_tokens \[8, 8, 256\] repeat an answer length"),
     ("generation_latency", {"ms_per_token": 170.0},         # microseconds given as milliseconds
      r"ms_per_token 170.0 times 256 tokens is more than the 44.0 ms that answer took"),
 ]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ftcourse.evaluate import bootstrap_ci, contamination, ngrams, paired_comparison, words
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_number
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 
 
 def bootstrap_mean_ci(scores: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95,
@@ -185,22 +185,11 @@ predict("zero_shot_format", chapter="08_evaluation",
         form=Number(rel=0.25, low=0, high=100, unit="%"))
 
 
-def _one_value_per_depth(finding: dict) -> str | None:
-    depths = finding["passages"]
-    if wrong := [f"{key} has {len(finding[key])} values" for key in ("answer_retrieved", "exact_match")
-                 if len(finding[key]) != len(depths)]:
-        return (f"{' and '.join(wrong)} for {len(depths)} numbers of passages: give one value per number of "
-                "passages in each list, in the same order")
-    if len(set(depths)) != len(depths):
-        return f"passages {depths} repeat a number: try different ones"
-    return None
-
-
 def _retrieval_never_falls(finding: dict) -> str | None:
     # The top k + 1 passages hold the top k, so the share whose answer is among them cannot fall.
     depths, shares = finding["passages"], finding["answer_retrieved"]
     if len(depths) != len(shares) or len(set(depths)) != len(depths):
-        return None                                  # _one_value_per_depth says what is wrong
+        return None                                  # one_value_per says what is wrong
     pairs = sorted(zip(depths, shares))
     falls = [k for (_, earlier), (k, later) in zip(pairs, pairs[1:]) if later < earlier]
     if not falls:
@@ -218,4 +207,5 @@ experiment("rag_passages", chapter="08_evaluation",
                    "answer_retrieved": Field(list, item=float, low=0, high=1, min_len=3),
                    "exact_match": Field(list, item=float, low=0, high=1, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_value_per_depth, _retrieval_never_falls))
+           checks=(one_value_per("passages", ["answer_retrieved", "exact_match"], "number of passages",
+                                 "numbers of passages"), _retrieval_never_falls))

@@ -13,7 +13,7 @@ Both register in `core.EXERCISES` and record each outcome in `core.RESULTS` for 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -186,6 +186,25 @@ class Experiment:
     def template(self) -> str:
         """The answer's form as a dict literal, for `finding = ...` and for messages."""
         return "{" + ", ".join(f'"{key}": {spec.describe()}' for key, spec in self.fields.items()) + "}"
+
+
+def one_value_per(setting: str, measured: Sequence[str], each: str,
+                  many: str) -> Callable[[dict], str | None]:
+    """The consistency check most experiments need: each list named in `measured` has one value per
+    entry of the list `setting`, in its order, and no setting repeats. `each` and `many` name a
+    setting in words ("rank", "ranks") for the message."""
+    def check(finding: dict) -> str | None:
+        settings = finding[setting]
+        if wrong := [f"{key} has {len(finding[key])} values" for key in measured
+                     if len(finding[key]) != len(settings)]:
+            where = "each list" if len(measured) > 1 else measured[0]
+            return (f"{' and '.join(wrong)} for {len(settings)} {many}: give one value per {each} in "
+                    f"{where}, in the same order")
+        if len(set(settings)) != len(settings):
+            article = "an" if each[0] in "aeiou" else "a"
+            return f"{setting} {settings} repeat {article} {each}: try different ones"
+        return None
+    return check
 
 
 def experiment(name: str, chapter: str, question: str, fields: Mapping[str, Field],

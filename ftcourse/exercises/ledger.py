@@ -8,7 +8,7 @@ compute at real scale with the package (`ftcourse.params`, `ftcourse.memory`), a
 
 from __future__ import annotations
 
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.ledger import CLAIMS
 
 predict("prefix_tuning_at_scale", chapter="09_claims_ledger",
@@ -24,16 +24,6 @@ def _known_claim(finding: dict) -> str | None:
                                          f"{', '.join(CLAIMS)}")
 
 
-def _one_value_per_model(finding: dict) -> str | None:
-    sizes, values = finding["parameters_billions"], finding["values"]
-    if len(sizes) != len(values):
-        return (f"values has {len(values)} numbers for {len(sizes)} models: give one value per model, in the "
-                "same order as parameters_billions")
-    if len(set(sizes)) != len(sizes):
-        return f"parameters_billions {sizes} repeat a size: compare models of different sizes"
-    return None
-
-
 experiment("claim_at_scale", chapter="09_claims_ledger",
            question="Does a verdict carry over to a real model? Pick one claim of the ledger (its id, such "
                     "as 'peft-trainable-share') whose verdict rests on a quantity that changes with the "
@@ -44,4 +34,4 @@ experiment("claim_at_scale", chapter="09_claims_ledger",
                    "parameters_billions": Field(list, item=float, low=0, min_len=3),
                    "values": Field(list, item=float, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_known_claim, _one_value_per_model))
+           checks=(_known_claim, one_value_per("parameters_billions", ["values"], "model size", "models")))

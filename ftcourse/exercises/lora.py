@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.lora import LoRA, LoRALinear
 from ftcourse.params import REAL_MODELS, count_lora_parameters, linear_shapes
 
@@ -189,19 +189,6 @@ predict("lora_trainable_share", chapter="05_lora",
         form=Number(rel=0.25, low=0, high=100, unit="%"))
 
 
-def _one_size_per_rank(finding: dict) -> str | None:
-    ranks, sizes = finding["ranks"], finding["sizes_kb"]
-    if len(ranks) != len(sizes):
-        return (f"sizes_kb has {len(sizes)} values for {len(ranks)} ranks: give one size per rank, "
-                "in the same order")
-    return None
-
-
-def _distinct_ranks(finding: dict) -> str | None:
-    ranks = finding["ranks"]
-    return None if len(set(ranks)) == len(ranks) else f"ranks {ranks} repeat a rank: try different ones"
-
-
 experiment("lora_file_size", chapter="05_lora",
            question="How does the size of a saved LoRA adapter grow with the rank r? Apply LoRA at two ranks "
                     "or more to the tiny base model, save each adapter with save_adapter, measure its "
@@ -209,4 +196,4 @@ experiment("lora_file_size", chapter="05_lora",
            fields={"ranks": Field(list, item=int, low=1, min_len=2),
                    "sizes_kb": Field(list, item=float, low=0, min_len=2),
                    "conclusion": Field(str, min_len=20)},
-           checks=(_one_size_per_rank, _distinct_ranks))
+           checks=(one_value_per("ranks", ["sizes_kb"], "rank", "ranks"),))

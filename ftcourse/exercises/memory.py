@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ftcourse.exercises.core import exercise, expect_number
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.memory import OPTIMIZERS, PRECISIONS, Setup, model_state_bytes
 
 
@@ -128,23 +128,12 @@ predict("long_batch_memory_ratio", chapter="04_full_vs_peft",
         form=Number(rel=0.25, low=0, unit="times"))
 
 
-def _one_peak_per_length(finding: dict) -> str | None:
-    lengths = finding["seq_lens"]
-    if wrong := [f"{key} has {len(finding[key])} values" for key in ("peak_gb", "peak_gb_checkpointed")
-                 if len(finding[key]) != len(lengths)]:
-        return (f"{' and '.join(wrong)} for {len(lengths)} sequence lengths: give one peak per length in "
-                "each list, in the same order")
-    if len(set(lengths)) != len(lengths):
-        return f"seq_lens {lengths} repeat a length: try different ones"
-    return None
-
-
 def _checkpointing_keeps_less(finding: dict) -> str | None:
     # Checkpointing keeps each layer's input instead of its activations; recomputing one layer costs a
     # little at short lengths, never 5% of the peak.
     lengths, plain, checkpointed = finding["seq_lens"], finding["peak_gb"], finding["peak_gb_checkpointed"]
     if not len(lengths) == len(plain) == len(checkpointed):
-        return None                                  # _one_peak_per_length says what is wrong
+        return None                                  # one_value_per says what is wrong
     above = [length for length, low, high in zip(lengths, checkpointed, plain) if low > 1.05 * high]
     return (f"at seq_lens {above} the checkpointed peak is above the plain one, but checkpointing keeps "
             "fewer activations: are the two lists swapped?") if above else None
@@ -160,4 +149,5 @@ experiment("checkpointing_memory", chapter="04_full_vs_peft",
                    "peak_gb": Field(list, item=float, low=0, min_len=3),
                    "peak_gb_checkpointed": Field(list, item=float, low=0, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_peak_per_length, _checkpointing_keeps_less))
+           checks=(one_value_per("seq_lens", ["peak_gb", "peak_gb_checkpointed"], "sequence length",
+                                 "sequence lengths"), _checkpointing_keeps_less))

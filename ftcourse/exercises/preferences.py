@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ftcourse.dpo import dpo_loss
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.reward import bradley_terry_loss
 from ftcourse.rl import group_advantages
 
@@ -146,22 +146,12 @@ predict("dpo_first_loss", chapter="03_rlhf_preferences",
         form=Number(rel=0.2, low=0, unit="nats"))
 
 
-def _one_share_per_group_size(finding: dict) -> str | None:
-    sizes, shares = finding["group_sizes"], finding["wasted_percent"]
-    if len(sizes) != len(shares):
-        return (f"wasted_percent has {len(shares)} values for {len(sizes)} group sizes: give one value per "
-                "group size, in the same order")
-    if len(set(sizes)) != len(sizes):
-        return f"group_sizes {sizes} repeat a size: try different ones"
-    return None
-
-
 def _wasted_share_fits_p(finding: dict) -> str | None:
     # A group of G answers all scores the same with probability p^G + (1-p)^G; a thousand simulated
     # groups land within a few points of it, so 10 points apart means a different measurement.
     p, sizes, shares = finding["p"], finding["group_sizes"], finding["wasted_percent"]
     if len(sizes) != len(shares):
-        return None                                  # _one_share_per_group_size says what is wrong
+        return None                                  # one_value_per says what is wrong
     far = [G for G, share in zip(sizes, shares) if abs(share - 100 * (p**G + (1 - p) ** G)) > 10]
     return (f"wasted_percent for group sizes {far} is far from what a right-answer probability p = {p} "
             "gives: count the groups whose answers all got the same reward (all advantages 0), as a "
@@ -179,4 +169,5 @@ experiment("grpo_group_size", chapter="03_rlhf_preferences",
                    "group_sizes": Field(list, item=int, low=2, min_len=3),
                    "wasted_percent": Field(list, item=float, low=0, high=100, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_share_per_group_size, _wasted_share_fits_p))
+           checks=(one_value_per("group_sizes", ["wasted_percent"], "group size", "group sizes"),
+                   _wasted_share_fits_p))

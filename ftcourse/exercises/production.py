@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.llamacpp import rope_permute
 
 
@@ -102,22 +102,12 @@ predict("row_split_leak", chapter="10_production",
         form=Number(rel=0.25, low=0, high=100, unit="%"))
 
 
-def _one_time_per_length(finding: dict) -> str | None:
-    lengths, times = finding["new_tokens"], finding["milliseconds"]
-    if len(lengths) != len(times):
-        return (f"milliseconds has {len(times)} values for {len(lengths)} answer lengths: give one time per "
-                "length, in the same order")
-    if len(set(lengths)) != len(lengths):
-        return f"new_tokens {lengths} repeat a length: try different ones"
-    return None
-
-
 def _token_cost_fits_times(finding: dict) -> str | None:
     # Latency is about a fixed cost (the prompt) plus ms_per_token per new token, so the tokens of the
     # longest answer alone cannot take much longer than that whole answer did (1.5x allows for noise).
     lengths, times, per_token = finding["new_tokens"], finding["milliseconds"], finding["ms_per_token"]
     if len(lengths) != len(times):
-        return None                                  # _one_time_per_length says what is wrong
+        return None                                  # one_value_per says what is wrong
     longest = lengths.index(max(lengths))
     if per_token * lengths[longest] <= 1.5 * times[longest]:
         return None
@@ -135,4 +125,5 @@ experiment("generation_latency", chapter="10_production",
                    "milliseconds": Field(list, item=float, low=0, min_len=3),
                    "ms_per_token": Field(float, low=0),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_time_per_length, _token_cost_fits_times))
+           checks=(one_value_per("new_tokens", ["milliseconds"], "answer length", "answer lengths"),
+                   _token_cost_fits_times))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
-from ftcourse.exercises.kinds import Choice, Field, experiment, predict
+from ftcourse.exercises.kinds import Choice, Field, experiment, one_value_per, predict
 from ftcourse.prompts import PrefixTuning, PromptTuning, SoftPromptModel
 
 
@@ -195,16 +195,6 @@ predict("soft_prompt_text_init", chapter="07_soft_prompts",
                     right=lambda change: "the same" if change < SAME_LOGITS else "different"))
 
 
-def _one_share_per_rate(finding: dict) -> str | None:
-    rates, shares = finding["learning_rates"], finding["still_nearest"]
-    if len(rates) != len(shares):
-        return (f"still_nearest has {len(shares)} values for {len(rates)} learning rates: give one share per "
-                "learning rate, in the same order")
-    if len(set(rates)) != len(rates):
-        return f"learning_rates {rates} repeat a rate: try different ones"
-    return None
-
-
 def _shares_of_whole_tokens(finding: dict) -> str | None:
     # A share of N virtual tokens is (tokens still nearest their start) / N; 2-decimal rounding is forgiven.
     tokens = finding["virtual_tokens"]
@@ -224,4 +214,5 @@ experiment("soft_prompt_drift", chapter="07_soft_prompts",
                    "learning_rates": Field(list, item=float, low=0, min_len=2),
                    "still_nearest": Field(list, item=float, low=0, high=1, min_len=2),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_share_per_rate, _shares_of_whole_tokens))
+           checks=(one_value_per("learning_rates", ["still_nearest"], "learning rate", "learning rates"),
+                   _shares_of_whole_tokens))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
-from ftcourse.exercises.kinds import Choice, Field, experiment, predict
+from ftcourse.exercises.kinds import Choice, Field, experiment, one_value_per, predict
 from ftcourse.quant import (
     NF4_CODE,
     Quantized4bit,
@@ -150,17 +150,6 @@ predict("nf4_uniform_weights", chapter="06_qlora",
         form=Choice(("int4", "fp4", "nf4"), right=lambda errors: min(errors, key=errors.get)))
 
 
-def _one_value_per_blocksize(finding: dict) -> str | None:
-    blocksizes = finding["blocksizes"]
-    if wrong := [f"{key} has {len(finding[key])} values" for key in ("errors", "bits_per_weight")
-                 if len(finding[key]) != len(blocksizes)]:
-        return (f"{' and '.join(wrong)} for {len(blocksizes)} block sizes: give one value per block size in "
-                "each list, in the same order")
-    if len(set(blocksizes)) != len(blocksizes):
-        return f"blocksizes {blocksizes} repeat a size: try different ones"
-    return None
-
-
 def _bits_as_stored(finding: dict) -> str | None:
     # The bytes stored for a weight of 8,192 values or more come within 0.05 bits of the paper's formula,
     # plain or double-quantized (the excess: a partial last block, one offset and second-level scale).
@@ -169,7 +158,7 @@ def _bits_as_stored(finding: dict) -> str | None:
 
     blocksizes, bits_per_weight = finding["blocksizes"], finding["bits_per_weight"]
     if len(blocksizes) != len(bits_per_weight):
-        return None                                  # _one_value_per_blocksize says what is wrong
+        return None                                  # one_value_per says what is wrong
     far = [(size, bits) for size, bits in zip(blocksizes, bits_per_weight) if off_formula(size, bits)]
     if not far:
         return None
@@ -188,4 +177,5 @@ experiment("quant_block_size", chapter="06_qlora",
                    "errors": Field(list, item=float, low=0, high=1, min_len=3),
                    "bits_per_weight": Field(list, item=float, low=4, high=20, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_value_per_blocksize, _bits_as_stored))
+           checks=(one_value_per("blocksizes", ["errors", "bits_per_weight"], "block size", "block sizes"),
+                   _bits_as_stored))

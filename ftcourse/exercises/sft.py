@@ -21,7 +21,7 @@ from torch import Tensor
 from ftcourse.batching import causal_lm_loss, packed_attention_mask
 from ftcourse.chat import prompt_ids, tokenize_example
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_equal
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.models import EMBEDDED_MODEL
 
 
@@ -183,16 +183,6 @@ predict("loss_token_share", chapter="02_sft_instruction_tuning",
         form=Number(rel=0.25, low=0, high=100, unit="%"))
 
 
-def _one_share_per_batch_size(finding: dict) -> str | None:
-    sizes, shares = finding["batch_sizes"], finding["padding_percent"]
-    if len(sizes) != len(shares):
-        return (f"padding_percent has {len(shares)} values for {len(sizes)} batch sizes: give one value per "
-                "batch size, in the same order")
-    if len(set(sizes)) != len(sizes):
-        return f"batch_sizes {sizes} repeat a size: try different ones"
-    return None
-
-
 def _no_padding_alone(finding: dict) -> str | None:
     # A batch of one example is padded to its own length: nothing to pad.
     sizes, shares = finding["batch_sizes"], finding["padding_percent"]
@@ -211,4 +201,5 @@ experiment("padding_waste", chapter="02_sft_instruction_tuning",
            fields={"batch_sizes": Field(list, item=int, low=1, min_len=3),
                    "padding_percent": Field(list, item=float, low=0, high=100, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_share_per_batch_size, _no_padding_alone))
+           checks=(one_value_per("batch_sizes", ["padding_percent"], "batch size", "batch sizes"),
+                   _no_padding_alone))

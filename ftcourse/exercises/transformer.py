@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close, expect_number
-from ftcourse.exercises.kinds import Field, Number, experiment, predict
+from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.models import EMBEDDED_MODEL
 from ftcourse.params import REAL_MODELS, count_parameters
 from ftcourse.transformer import RMSNorm
@@ -176,21 +176,11 @@ predict("long_context_flops", chapter="01_transformer_internals",
         form=Number(rel=0.25, low=0, unit="times"))
 
 
-def _one_share_per_setting(finding: dict) -> str | None:
-    kv_heads, shares = finding["kv_heads"], finding["ffn_share_of_layers"]
-    if len(kv_heads) != len(shares):
-        return (f"ffn_share_of_layers has {len(shares)} values for {len(kv_heads)} settings of kv_heads: "
-                "give one share per setting, in the same order")
-    if len(set(kv_heads)) != len(kv_heads):
-        return f"kv_heads {kv_heads} repeat a setting: try different ones"
-    return None
-
-
 def _shares_fall_with_more_kv_heads(finding: dict) -> str | None:
     # More key/value heads mean larger k_proj and v_proj, with the FFN unchanged: a count, no noise.
     kv_heads, shares = finding["kv_heads"], finding["ffn_share_of_layers"]
     if len(kv_heads) != len(shares) or len(set(kv_heads)) != len(kv_heads):
-        return None                                  # _one_share_per_setting says what is wrong
+        return None                                  # one_value_per says what is wrong
     pairs = sorted(zip(kv_heads, shares))
     if all(later <= earlier for (_, earlier), (_, later) in zip(pairs, pairs[1:])):
         return None                                  # equal is fine: shares rounded to 2 digits
@@ -206,4 +196,5 @@ experiment("kv_heads_ffn_share", chapter="01_transformer_internals",
            fields={"kv_heads": Field(list, item=int, low=1, min_len=3),
                    "ffn_share_of_layers": Field(list, item=float, low=0, high=1, min_len=3),
                    "conclusion": Field(str, min_len=40)},
-           checks=(_one_share_per_setting, _shares_fall_with_more_kv_heads))
+           checks=(one_value_per("kv_heads", ["ffn_share_of_layers"], "setting", "settings"),
+                   _shares_fall_with_more_kv_heads))
