@@ -88,3 +88,14 @@ def make_data():
         return data
 
     return make
+
+
+@pytest.fixture
+def recorded():
+    """The exercises' RESULTS log, emptied for one test and restored after it."""
+    from ftcourse.exercises.core import RESULTS
+
+    saved = RESULTS.copy()
+    RESULTS.clear()
+    yield RESULTS
+    RESULTS[:] = saved

@@ -13,7 +13,6 @@ from planted_production import PLANTED as PLANTED_PRODUCTION
 
 from ftcourse.exercises import (
     EXERCISES,
-    RESULTS,
     ExerciseFailed,
     Outcome,
     check,
@@ -147,15 +146,6 @@ def test_each_notebook_runs_its_predictions_and_experiments(chapter):
 
 SHARE = "lora_trainable_share"   # a Number in [0, 100] (%), right within 25%
 MEASURED = 0.5223
-
-
-@pytest.fixture
-def recorded():
-    """RESULTS, emptied for one test and restored after it."""
-    saved = RESULTS.copy()
-    RESULTS.clear()
-    yield RESULTS
-    RESULTS[:] = saved
 
 
 def test_prediction_not_attempted_returns_false(recorded, capsys):

@@ -14,7 +14,7 @@ from ftcourse.batching import pad_batch
 from ftcourse.data import load_task
 from ftcourse.dpo import DPO, train_dpo
 from ftcourse.evaluate import bootstrap_ci
-from ftcourse.exercises import EXERCISES, RESULTS, ExerciseFailed, check_finding, check_prediction
+from ftcourse.exercises import EXERCISES, ExerciseFailed, check_finding, check_prediction
 from ftcourse.lora import LoRA
 from ftcourse.memory import GB, Setup, estimate
 from ftcourse.params import REAL_MODELS, count_parameters, flops_per_token
@@ -23,15 +23,6 @@ from ftcourse.sft import tokenize_instructions
 from ftcourse.train import TrainConfig
 
 CONCLUSION = "a conclusion of more than forty characters, defended in class"
-
-
-@pytest.fixture
-def recorded():
-    """RESULTS, emptied for one test and restored after it."""
-    saved = RESULTS.copy()
-    RESULTS.clear()
-    yield RESULTS
-    RESULTS[:] = saved
 
 
 def first_dpo_loss(base, beta: float) -> float:

@@ -13,7 +13,7 @@ from ftcourse import quant
 from ftcourse.data import load_task
 from ftcourse.data.files import split_rows
 from ftcourse.evaluate import score_task
-from ftcourse.exercises import EXERCISES, RESULTS, ExerciseFailed, check_finding, check_prediction
+from ftcourse.exercises import EXERCISES, ExerciseFailed, check_finding, check_prediction
 from ftcourse.memory import Setup, footprint_of_config
 from ftcourse.params import REAL_MODELS
 from ftcourse.prompts import PrefixTuning, PromptTuning
@@ -27,15 +27,6 @@ LATE = {"06_qlora": ("nf4_uniform_weights", "quant_block_size"),
         "08_evaluation": ("zero_shot_format", "rag_passages"),
         "09_claims_ledger": ("prefix_tuning_at_scale", "claim_at_scale"),
         "10_production": ("row_split_leak", "generation_latency")}
-
-
-@pytest.fixture
-def recorded():
-    """RESULTS, emptied for one test and restored after it."""
-    saved = RESULTS.copy()
-    RESULTS.clear()
-    yield RESULTS
-    RESULTS[:] = saved
 
 
 @pytest.mark.parametrize("chapter", LATE)

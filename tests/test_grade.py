@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from ftcourse.cli import main
-from ftcourse.exercises import RESULTS, check_prediction
+from ftcourse.exercises import check_prediction
 from ftcourse.exercises.grading import (
     Grade,
     Graded,
@@ -206,15 +206,7 @@ def test_cli_grade_bad_input_exits_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "grades").exists()
 
 
-@pytest.fixture
-def fresh_results():
-    saved = RESULTS.copy()
-    RESULTS.clear()
-    yield RESULTS
-    RESULTS[:] = saved
-
-
-def test_kernel_grades_run_hidden_tests_and_take_the_last_outcome(fresh_results, capsys):
+def test_kernel_grades_run_hidden_tests_and_take_the_last_outcome(recorded, capsys):
     namespace = {}
     exec(function_cell("lora_forward", "x, W0, A, B, alpha, r", FORWARD["right"], False), namespace)
     exec(function_cell("merge_lora_weight", "W0, A, B, alpha, r", MERGE["wrong"], False), namespace)
