@@ -132,6 +132,22 @@ class SoftPromptModel(nn.Module):
         mask = torch.cat([mask.new_ones(input_ids.shape[0], self.num_virtual_tokens), mask], dim=1)
         return mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
 
+    @torch.no_grad()
+    def decode_step(self, input_ids: Tensor, attention_mask: Tensor, cache: Any = None) -> tuple[Tensor, Any]:
+        """For generation with a KV cache: the next token's logits (B, V) and the cache.
+
+        Without a cache, `input_ids` is the prompt (B, T) and the cache starts with the virtual
+        tokens; with one, it is the last token (B, 1) and `attention_mask` covers every real token
+        so far. Each step's positions are those the full forward pass gives the same token.
+        """
+        if cache is None:
+            output = self._prefill(input_ids, attention_mask)
+        else:
+            mask, positions = self.extended_mask(input_ids, attention_mask, {})
+            output = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, -1:],
+                                     cache=cache, use_cache=True)
+        return output.logits[:, -1], output.cache
+
 
 class PromptTuningModel(SoftPromptModel):
     """Prompt tuning: N learned input embeddings in front of every sequence's own."""
@@ -152,6 +168,15 @@ class PromptTuningModel(SoftPromptModel):
                                  position_ids=positions, use_cache=False, **kwargs)
         output.logits = output.logits[:, self.num_virtual_tokens:]      # the real tokens' logits
         return output
+
+    def _prefill(self, input_ids: Tensor, attention_mask: Tensor) -> Any:
+        from transformers import DynamicCache
+
+        mask, positions = self.extended_mask(input_ids, attention_mask, {})
+        embeds = self.base_model.get_input_embeddings()(input_ids)
+        prompt = self.prompt_embeddings.weight.to(embeds.dtype).expand(len(input_ids), -1, -1)
+        return self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
+                               position_ids=positions, cache=DynamicCache(), use_cache=True)
 
 
 class PrefixTuningModel(SoftPromptModel):
@@ -204,6 +229,9 @@ class PrefixTuningModel(SoftPromptModel):
         return self.base_model(input_ids=input_ids, attention_mask=mask,
                                position_ids=positions[:, self.num_virtual_tokens:],
                                cache=self.prefix_cache(len(input_ids)), use_cache=True, **kwargs)
+
+    def _prefill(self, input_ids: Tensor, attention_mask: Tensor) -> Any:
+        return self(input_ids, attention_mask)      # its cache already holds the prefix
 
 
 # ---------------------------------------------------------------- saving (peft's format)

@@ -56,15 +56,20 @@ def test_logits_equal_peft(base, config):
 def test_greedy_generation_is_greedy_decoding_of_peft_forward(base, config):
     """Each generated token is the argmax of peft's logits for the text so far.
 
-    (Not compared with peft's own `generate`: with transformers 5 its cached decoding for prompt
-    tuning drifts from its own forward pass after a few tokens, which this test would catch in ours.)
+    Ours decodes against a KV cache, one token at a time; peft's forward pass reads the whole text
+    at once, so the two agree only if the cache, its mask and its positions are right, in a batch
+    whose prompts differ in length (left padding) and over many tokens. (Not compared with peft's
+    own `generate`: with transformers 5 its cached decoding for prompt tuning drifts from its own
+    forward pass after a few tokens, which this test would catch in ours.)
     """
     model, tokenizer = base
     torch.manual_seed(1)
     ours = config.apply(copy.deepcopy(model))
     theirs = with_peft_weights(ours, config, model)
-    prompts = [prompt_ids(tokenizer, p) for p in ["Where does Quadra Mitamk live?", "What is 7 plus 5?"]]
-    for prompt, new in zip(prompts, generate_ids(ours, tokenizer, prompts, max_new_tokens=8)):
+    prompts = [prompt_ids(tokenizer, p) for p in ["Where does Quadra Mitamk live?", "What is 7 plus 5?",
+                                                  "Describe Quadra Mitamk in one sentence, please."]]
+    for prompt, new in zip(prompts, generate_ids(ours, tokenizer, prompts, max_new_tokens=32)):
+        assert len(new) > 8
         text = torch.tensor([prompt + new])
         with torch.no_grad():
             greedy = theirs(input_ids=text).logits[0, -len(new) - 1:-1].argmax(dim=-1)
