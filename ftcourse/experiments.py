@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -62,14 +63,15 @@ def probe_batch(tokenizer: Any, rows: Sequence[dict[str, str]], size: int = 16) 
 
 def fine_tune_all(base: nn.Module, tokenizer: Any, train_rows: Any, test_rows: Sequence[dict[str, str]],
                   runs: Mapping[str, Run], *, held_out: Sequence[dict] | None = None,
-                  probes: Sequence[tuple[str, str]] | None = None,
+                  probes: Sequence[tuple[str, str]] | None = None, reuse: str | Path | None = None,
                   progress: bool = False) -> dict[str, Trained]:
     """Fine-tune a fresh copy of `base` for each run, score it on `test_rows`, and, given a held-out
-    text and fact probes, measure what it forgot (`ftcourse.evaluate.forgetting`)."""
+    text and fact probes, measure what it forgot (`ftcourse.evaluate.forgetting`). With `reuse`, a
+    run stored there by an earlier chapter is loaded instead (`finetune`)."""
     trained = {}
     for name, run in runs.items():
         model, result = finetune(copy.deepcopy(base), tokenizer, train_rows, run.method, run.config,
-                                 progress=progress)
+                                 reuse=reuse, progress=progress)
         lost = forgetting(model, tokenizer, held_out, probes) if held_out is not None else {}
         trained[name] = Trained(run.method, model, result, score_task(model, tokenizer, test_rows), lost)
     return trained

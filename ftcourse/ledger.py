@@ -109,6 +109,11 @@ class Chapter:
             _write_json(path, {key: check for key, check in json.loads(path.read_text()).items()
                                if check["chapter"] != name})
 
+    @property
+    def runs(self) -> Path:
+        """The profile's folder of finished fine-tuning runs that chapters share (`finetune(reuse=...)`)."""
+        return self.folder / "runs"
+
     def expect(self, holds: Any, claim: str, measured: Any = "") -> bool:
         """State one claim about what was measured; True if it holds on this profile.
 

@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,10 +106,10 @@ def ladder_runs(seed: int = 0, lr_scale: float = 1.0) -> dict[str, Run]:
 
 
 def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int = 0,
-                 lr_scale: float = 1.0) -> tuple[dict, dict]:
+                 lr_scale: float = 1.0, reuse: str | Path | None = None) -> tuple[dict, dict]:
     """Score every rung of the decision ladder on one task: the plain question, three solved
     examples first, a prompt in the words of the pretraining text, RAG with the top 2 passages,
-    then the trained rungs of `ladder_runs`.
+    then the trained rungs of `ladder_runs` (loaded from `reuse` where an earlier chapter stored them).
 
     Returns ({rung: TaskScore}, {rung: fine-tuned model}) for the two trained rungs.
     """
@@ -120,6 +121,6 @@ def climb_ladder(base: Any, tokenizer: Any, splits: Any, index: BM25, seed: int 
     rungs = {"question": score_task(base, tokenizer, test)}
     rungs |= {rung: score_task(base, tokenizer, test, max_new_tokens=8, prompt=prompt)
               for rung, prompt in prompted.items()}
-    trained = fine_tune_all(base, tokenizer, splits["train"], test, ladder_runs(seed, lr_scale))
+    trained = fine_tune_all(base, tokenizer, splits["train"], test, ladder_runs(seed, lr_scale), reuse=reuse)
     rungs |= {rung: run.score for rung, run in trained.items()}
     return rungs, {rung: run.model for rung, run in trained.items()}

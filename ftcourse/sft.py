@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -22,6 +24,7 @@ from ftcourse.chat import tokenize_chat, tokenize_example
 from ftcourse.data.checks import require_fields
 from ftcourse.memory import plan_run
 from ftcourse.methods import RECOMMENDED_EPOCHS, Method, get_method, recommended_lr
+from ftcourse.run_store import trained_or_loaded
 from ftcourse.train import TrainConfig, TrainResult, train
 
 
@@ -53,7 +56,7 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
              formatting: Formatting = Formatting(),
              eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
              memory_check: Literal["warn", "refuse", "off"] = "warn",
-             progress: bool = True) -> tuple[nn.Module, TrainResult]:
+             reuse: str | Path | None = None, progress: bool = True) -> tuple[nn.Module, TrainResult]:
     """Fine-tune `model` on instruction rows with `method`; return (model, training result).
 
     Args:
@@ -64,6 +67,8 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
         formatting: prompt masking, EOS and packing (see `Formatting`).
         memory_check: before training, warn (or refuse, `memory.WontFit`) if the run is predicted
             not to fit in memory (`ftcourse.memory.plan_run`); "off" if the caller has checked.
+        reuse: a folder of finished runs (`Chapter.runs`): the same run stored there is loaded
+            instead of trained, and a new one is stored (`ftcourse.run_store`); not with `eval_fn`.
     """
     method = get_method(method)
     config = config or TrainConfig(epochs=RECOMMENDED_EPOCHS, lr=recommended_lr(method), batch_size=16)
@@ -77,6 +82,11 @@ def finetune(model: nn.Module, tokenizer: Any, data: Sequence[dict[str, str]],
     model = method.apply(model, tokenizer)
     if memory_check != "off":
         plan_run(model, examples, config, refuse=memory_check == "refuse")
-    result = train(model, examples, config, eval_fn=eval_fn, progress=progress,
-                   description=f"sft ({method.name})")
-    return model, result
+    run = partial(train, model, examples, config, eval_fn=eval_fn, progress=progress,
+                  description=f"sft ({method.name})")
+    if reuse is None:
+        return model, run()
+    if eval_fn is not None:
+        raise ValueError("finetune(reuse=...) cannot reuse a run with an eval_fn (its evaluations "
+                         "are not part of the stored run); pass one or the other.")
+    return model, trained_or_loaded(reuse, model, examples, config, run)
