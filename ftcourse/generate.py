@@ -82,19 +82,18 @@ def decode_loop(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
                 max_new_tokens: int, eos_token_id: int, pad_token_id: int, do_sample: bool = False,
                 temperature: float = 1.0, top_p: float = 1.0, **_: Any) -> torch.Tensor:
     """Prompt plus up to `max_new_tokens` new tokens (B, T + new), as `model.generate` returns, for
-    a soft-prompt wrapper (no transformers `generate`): one forward pass over the prompt behind its
-    virtual tokens, then one token at a time against the KV cache (`decode_step`). Finished rows
-    get padding.
+    a model without transformers' `generate`. A soft-prompt wrapper reads the prompt behind its
+    virtual tokens once, then one token at a time against its KV cache (`decode_step`); any other
+    module runs a full forward pass over the text so far at every step. Finished rows get padding.
     """
-    if not hasattr(model, "decode_step"):
-        raise TypeError(f"generate() needs a transformers model or a soft-prompt wrapper with decode_step; "
-                        f"got {type(model).__name__}.")
     mask = attention_mask
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    logits, cache = model.decode_step(input_ids, mask)
-    for step in range(max_new_tokens):
-        if step:
-            logits, cache = model.decode_step(input_ids[:, -1:], mask, cache)
+    cache = None
+    for _ in range(max_new_tokens):
+        if hasattr(model, "decode_step"):
+            logits, cache = model.decode_step(input_ids if cache is None else input_ids[:, -1:], mask, cache)
+        else:
+            logits = model(input_ids, mask).logits[:, -1]                # the next token's (B, V)
         next_token = torch.where(done, pad_token_id, pick(logits.float(), do_sample, temperature, top_p))
         input_ids = torch.cat([input_ids, next_token[:, None]], dim=1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
