@@ -85,7 +85,7 @@ test-hub: $(STAMP)
 # The book reuses what nbval executed (a jupyter-cache), so each notebook runs once per test.
 # The notebooks' times are shown beside the instructors' guide's, never checked: time is no test.
 test: lint browser
-	rm -rf _build
+	rm -rf _build notebooks/results      # a fresh results folder: every run trained, none loaded
 	$(BIN)/pytest --keep-executed _build/.jupyter_cache --notebook-times _build/notebook_times.json
 	$(MAKE) equivalence
 	$(MAKE) test-hub

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -48,8 +49,9 @@ _rl.rollout = _counted(_rl.rollout, "grpo", lambda out: out[0]["attention_mask"]
 REPORT_CELL = f"import json as _json\nprint({MARKER!r} + _json.dumps(_ftcourse_steps))"
 
 
-def profile_notebook(path: Path, timeout: int = 900) -> list[dict[str, Any]]:
-    """Run one notebook; return a row per code cell: index, section, seconds, steps, tokens, source."""
+def profile_notebook(path: Path, results: Path, timeout: int = 900) -> list[dict[str, Any]]:
+    """Run one notebook, its results in `results` (`$FTCOURSE_RESULTS`); return a row per code cell:
+    index, section, seconds, steps, tokens, source."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -59,7 +61,7 @@ def profile_notebook(path: Path, timeout: int = 900) -> list[dict[str, Any]]:
                       + [nbformat.v4.new_code_cell(REPORT_CELL)])
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute(env={**os.environ, "FTCOURSE_PROFILE": "tiny"})
+    client.execute(env={**os.environ, "FTCOURSE_PROFILE": "tiny", "FTCOURSE_RESULTS": str(results)})
     printed = "".join(output.get("text", "") for output in notebook.cells[-1].outputs)
     steps = json.loads(next(line for line in printed.splitlines() if line.startswith(MARKER))[len(MARKER):])
     rows, section = [], path.stem
@@ -118,10 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     paths = [Path(path).resolve() for path in args.notebooks] or (
         sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "book").glob("*.ipynb")))
     profiles = {}
-    for path in paths:
-        began = time.perf_counter()
-        profiles[path.stem] = profile_notebook(path)
-        print(f"{path.stem}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    # A fresh results folder, shared by the notebooks in book order as a book build shares one: a
+    # later chapter loads the runs an earlier one stored (ftcourse.run_store), none from before.
+    with tempfile.TemporaryDirectory() as results:
+        for path in paths:
+            began = time.perf_counter()
+            profiles[path.stem] = profile_notebook(path, Path(results))
+            print(f"{path.stem}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cell_profile.json").write_text(json.dumps(profiles, indent=1) + "\n")
     (args.out / "cell_profile.md").write_text(report(profiles, args.top))

@@ -73,7 +73,7 @@ def test_cell_profile_gives_each_cell_its_seconds_and_the_training_steps_it_ran(
     path = tmp_path / "planted.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
         "name": "python3", "display_name": "Python 3", "language": "python"}}), path)
-    rows = cell_profile.profile_notebook(path)
+    rows = cell_profile.profile_notebook(path, tmp_path / "results")
     assert [row["cell"] for row in rows] == [1, 3, 4]
     assert [row["section"] for row in rows] == ["Train a little", "Then three steps", "Then three steps"]
     assert [row["train_steps"] for row in rows] == [0, 3, 0]
