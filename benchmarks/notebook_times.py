@@ -30,11 +30,37 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "notebook_times.json"
 TABLE = ROOT / "book" / "_timings.md"
-BOOK_GOAL_MINUTES = 15
 # The slower kind of our 2-core test machines (no AVX-512 bfloat16) ran the whole book 3.3 times as
 # long as the machine of the saved measurement: book/instructors.md, "The CPU track" (commit 28fde2e,
-# 16.3 min against 4.9). Chapters state their machine time on that slower machine.
+# 16.3 min against 4.9). Chapters state their machine time on that slower machine, and the goals
+# (issue 28) are set there: the whole book under 10 minutes, no notebook over 2.
 SLOWER_MACHINE_FACTOR = 3.3
+BOOK_GOAL_MINUTES = 10
+NOTEBOOK_GOAL_MINUTES = 2
+
+
+def goals(times: dict[str, float]) -> dict[str, Any]:
+    """The book's goals, on the slower machine, against measured seconds per notebook."""
+    slower = {notebook: seconds * SLOWER_MACHINE_FACTOR / 60 for notebook, seconds in times.items()}
+    over = sorted((notebook for notebook, minutes in slower.items() if minutes > NOTEBOOK_GOAL_MINUTES),
+                  key=slower.__getitem__, reverse=True)
+    book = sum(slower.values())
+    return {"book_minutes_slower": book, "book_met": book < BOOK_GOAL_MINUTES,
+            "notebooks_over": [Path(notebook).stem for notebook in over],
+            "met": book < BOOK_GOAL_MINUTES and not over}
+
+
+def goal_text(times: dict[str, float]) -> str:
+    """One line: the book's time here and on the slower machine, against the two goals."""
+    result = goals(times)
+    over = ", ".join(f"`{name}`" for name in result["notebooks_over"]) or "none"
+    met = "met" if result["book_met"] else "**not met**"
+    here, slower = sum(times.values()) / 60, result["book_minutes_slower"]
+    return (f"whole book {here:.1f} min here, about {slower:.1f} min on the slower machine "
+            f"(x{SLOWER_MACHINE_FACTOR}; goal: under {BOOK_GOAL_MINUTES} min: {met}); "
+            f"over {NOTEBOOK_GOAL_MINUTES} min there: {over}")
+
+
 # A chapter's time line: "**Time:** <!-- time: 05_lora --> about 3 min of machine time ..."
 TIME_LINE = re.compile(r"(<!-- time: (?P<stem>[\w-]+) --> about )(?P<minutes>\d+)( min of machine time)")
 # A row of the instructors' three-hour plan: "| 0:35 | {doc}`../notebooks/02_sft...` | 3 min | ..."
@@ -49,8 +75,8 @@ def measure() -> dict[str, float]:
     notebooks += sorted(str(path.relative_to(ROOT)) for path in (ROOT / "book").glob("*.ipynb"))
     with tempfile.TemporaryDirectory() as results:   # no run stored by an earlier measurement is loaded
         env = {**os.environ, "FTCOURSE_PROFILE": "tiny", "FTCOURSE_RESULTS": results}
-        subprocess.run([sys.executable, "-m", "pytest", *notebooks, "-q", "--notebook-times", str(times_file)],
-                       cwd=ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "-m", "pytest", *notebooks, "-q", "--notebook-times",
+                        str(times_file)], cwd=ROOT, env=env, check=True)
     return json.loads(times_file.read_text())
 
 
@@ -82,9 +108,8 @@ def markdown_table(times: dict[str, float], machine: dict[str, object] | None = 
     rows += ["| notebook | run time |", "|---|---|"]
     chapters_first = sorted(times, key=lambda notebook: (not notebook.startswith("notebooks/"), notebook))
     rows += [f"| `{Path(notebook).stem}` | {times[notebook]:.0f} s |" for notebook in chapters_first]
-    total = sum(times.values())
-    rows.append(f"| **whole book** | **{total / 60:.1f} min** (goal: under {BOOK_GOAL_MINUTES} min) |")
-    return "\n".join(rows) + "\n"
+    rows.append(f"| **whole book** | **{sum(times.values()) / 60:.1f} min** |")
+    return "\n".join(rows + ["", goal_text(times).capitalize() + "."]) + "\n"
 
 
 def machine_minutes(seconds: float) -> int:

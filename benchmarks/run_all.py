@@ -24,7 +24,7 @@ import lora_layer
 import nf4
 import train_throughput
 from comparison import Comparison, machine, set_threads
-from notebook_times import BOOK_GOAL_MINUTES, SAVED, markdown_table
+from notebook_times import BOOK_GOAL_MINUTES, SAVED, goals, markdown_table
 
 BENCHMARKS = {"train_throughput": train_throughput.run, "lora_layer": lora_layer.run, "nf4": nf4.run,
               "load_base": load_base.run}
@@ -36,9 +36,8 @@ def notebook_times(path: Path = SAVED) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    total_minutes = sum(saved["seconds"].values()) / 60
-    return {**saved, "total_minutes": total_minutes, "goal_minutes": BOOK_GOAL_MINUTES,
-            "met": total_minutes < BOOK_GOAL_MINUTES}
+    return {**saved, "total_minutes": sum(saved["seconds"].values()) / 60, "goal_minutes": BOOK_GOAL_MINUTES,
+            **goals(saved["seconds"])}
 
 
 def value_text(value: float, metric: str) -> str:
@@ -66,8 +65,8 @@ def markdown(report: dict[str, Any]) -> str:
         ratio = f"{row['ratio']:.2f}x" + (" ({:.2f}-{:.2f})".format(*row["spread"]) if row["spread"] else "")
         lines.append(f"| {row['benchmark']} | {ours} | {library} | {ratio} | {row['goal_text']} | {met} |")
     if notebooks := report["notebooks"]:
-        lines += ["", f"## Notebook run times (goal: whole book under {BOOK_GOAL_MINUTES} min: "
-                      f"{'met' if notebooks['met'] else '**not met**'})", "",
+        met = "met" if notebooks["met"] else "**not met**"
+        lines += ["", f"## Notebook run times (goals, on the slower machine: {met})", "",
                   markdown_table(notebooks["seconds"]).rstrip()]
     return "\n".join(lines) + "\n"
 

@@ -48,12 +48,19 @@ def test_notebook_times_join_the_report_with_the_book_goal(tmp_path):
                                                                     "notebooks/01.ipynb": 420.0}}))
     notebooks = run_all.notebook_times(saved)
     assert notebooks["total_minutes"] == 17 and notebooks["met"] is False
+    assert notebooks["book_minutes_slower"] == pytest.approx(17 * 3.3)
+    assert notebooks["notebooks_over"] == ["00", "01"]
+    fast = {"notebooks/00.ipynb": 30.0, "notebooks/01.ipynb": 40.0}      # 1.7 and 2.2 min there
+    assert run_all.goals(fast) == {"book_minutes_slower": pytest.approx(70 * 3.3 / 60), "book_met": True,
+                                   "notebooks_over": ["01"], "met": False}
+    assert run_all.goals({"notebooks/00.ipynb": 30.0})["met"] is True
     assert run_all.notebook_times(tmp_path / "absent.json") is None
     report = {"command": "python benchmarks/run_all.py", "date": "today", "comparisons": [],
               "machine": {"cpus": 2, "processor": "x86_64", "torch_threads": 1, "torch": "2", "python": "3"},
               "notebooks": notebooks}
     page = run_all.markdown(report)
-    assert "whole book under 15 min: **not met**" in page and "| `00` | 600 s |" in page
+    assert "goals, on the slower machine: **not met**" in page and "| `00` | 600 s |" in page
+    assert "about 56.1 min on the slower machine" in page and "over 2 min there: `00`, `01`" in page
 
 
 def test_cell_profile_gives_each_cell_its_seconds_and_the_training_steps_it_ran(tmp_path):

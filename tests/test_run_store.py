@@ -34,7 +34,7 @@ def test_a_loaded_run_is_the_trained_run(tiny_llama, tokenizer, method, tmp_path
         raise AssertionError("a stored run was trained again")
 
     monkeypatch.setattr(ftcourse.sft, "train", no_training)
-    torch.manual_seed(99)                                  # whatever came before, the state after is the run's
+    torch.manual_seed(99)                            # whatever came before, the state after is the run's
     loaded, loaded_result = finetune(copy.deepcopy(tiny_llama), tokenizer, ROWS, method, CONFIG,
                                      reuse=tmp_path, progress=False)
     assert "Loaded this run from" in capsys.readouterr().out
@@ -79,4 +79,5 @@ def test_a_half_written_run_is_trained_again(tiny_llama, tokenizer, tmp_path, ca
 
 def test_a_run_with_evaluations_is_not_reused(tiny_llama, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="cannot reuse a run with an eval_fn"):
-        finetune(tiny_llama, tokenizer, ROWS, "full", CONFIG, reuse=tmp_path, eval_fn=lambda m: {}, progress=False)
+        finetune(tiny_llama, tokenizer, ROWS, "full", CONFIG, reuse=tmp_path, eval_fn=lambda m: {},
+                 progress=False)
