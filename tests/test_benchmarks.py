@@ -116,3 +116,23 @@ def test_step_options_fused_optimizer_keeps_every_setting_and_fuses(keep_threads
         assert {key: ours[key] for key in ("lr", "betas", "eps", "weight_decay")} == {
             key: theirs[key] for key in ("lr", "betas", "eps", "weight_decay")}
         assert [id(p) for p in ours["params"]] == [id(p) for p in theirs["params"]]
+
+
+def test_claims_diff_names_each_kind_of_change():
+    import claims_diff
+
+    def check(holds, measured):
+        return {"chapter": "05", "claim": "x", "holds": holds, "measured": measured}
+
+    before = {"same": check(True, "0.994 [0.981, 1.000]"), "tighter": check(True, "0.5 [0.40, 0.60]"),
+              "wider": check(True, "{1: '0.5 [0.40, 0.60]', 2: '0.9 [0.85, 0.95]'}"),
+              "flipped": check(True, "0.1 [0.05, 0.15]"), "no interval": check(True, "6.96 -> 3.21"),
+              "gone": check(True, "")}
+    after = {"same": check(True, "0.994 [0.981, 1.000]"), "tighter": check(True, "0.55 [0.50, 0.60]"),
+             "wider": check(True, "{1: '0.5 [0.40, 0.60]', 2: '0.9 [0.80, 0.95]'}"),
+             "flipped": check(False, "0.1 [0.05, 0.15]"), "no interval": check(True, "6.96 -> 4.82"),
+             "new": check(True, "1e-05 [-2e-05, 3e-05]")}
+    verdicts = {row["claim"]: row["verdict"] for row in claims_diff.compare(before, after)}
+    assert verdicts == {"tighter": "tighter", "wider": "wider", "flipped": "flipped",
+                        "no interval": "changed", "gone": "gone", "new": "new"}
+    assert claims_diff.widths("1e-05 [-2e-05, 3e-05] and [0.1, 0.3]") == pytest.approx([5e-05, 0.2])
