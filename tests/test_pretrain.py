@@ -52,12 +52,21 @@ def test_model_card_records_how_the_model_was_made():
     assert f"{summary['reading_in_context']:.1%} of {summary['reading_probes']}" in card
 
 
-def test_pretrain_command_runs_and_its_loss_falls(tmp_path):
-    assert main(["pretrain", "--out", str(tmp_path), "--max-steps", "12", "--no-progress"]) == 0
-    history = json.loads((tmp_path / "pretrain_history.json").read_text())
+@pytest.fixture(scope="module")
+def pretrained_twice(tmp_path_factory):
+    """Two folders, each written by the same `ftcourse pretrain` command (12 steps)."""
+    folders = [tmp_path_factory.mktemp(run) for run in ("first", "second")]
+    for folder in folders:
+        assert main(["pretrain", "--out", str(folder), "--max-steps", "12", "--no-progress"]) == 0
+    return folders
+
+
+def test_pretrain_command_runs_and_its_loss_falls(pretrained_twice):
+    folder = pretrained_twice[0]
+    history = json.loads((folder / "pretrain_history.json").read_text())
     assert history["loss"][-1] < history["loss"][0] - 1.0, history["loss"]
     assert {"model.safetensors", "config.json", "tokenizer.json", "MODEL_CARD.md"} <= {
-        p.name for p in tmp_path.iterdir()}
+        p.name for p in folder.iterdir()}
 
 
 def test_pretrain_config_rejects_bad_values():
@@ -76,12 +85,10 @@ def test_shipped_model_reads_its_context_and_only_its_context(base):
     assert absent < 2 * chance_level(), absent
 
 
-def test_pretraining_is_reproducible_bit_for_bit(tmp_path):
+def test_pretraining_is_reproducible_bit_for_bit(pretrained_twice):
     from safetensors.torch import load_file
 
-    for run in ("first", "second"):
-        assert main(["pretrain", "--out", str(tmp_path / run), "--max-steps", "6", "--no-progress"]) == 0
-    first, second = (load_file(tmp_path / run / "model.safetensors") for run in ("first", "second"))
+    first, second = (load_file(folder / "model.safetensors") for folder in pretrained_twice)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    tokenizers = [(tmp_path / run / "tokenizer.json").read_text() for run in ("first", "second")]
+    tokenizers = [(folder / "tokenizer.json").read_text() for folder in pretrained_twice]
     assert tokenizers[0] == tokenizers[1]
