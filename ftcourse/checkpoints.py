@@ -32,6 +32,14 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+@torch.no_grad()
+def load_trainable_state(model: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Copy `weights` (as `trainable_state` gives them) into the model's parameters of those names."""
+    params = dict(model.named_parameters())
+    for name, tensor in weights.items():
+        params[name].copy_(tensor)
+
+
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: Any, scheduler: Any,
                     state: dict[str, Any]) -> Path:
     """Write `directory/step-N/` atomically: into a temporary folder, flushed to disk, then renamed.
@@ -155,9 +163,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Any, schedule
                          "written by ftcourse; it is refused for safety (torch.load with weights_only=True "
                          "runs no code from the file). Delete this checkpoint, or resume from one you "
                          "wrote yourself.") from error
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    load_trainable_state(model, weights)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"])

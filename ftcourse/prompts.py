@@ -161,22 +161,23 @@ class PromptTuningModel(SoftPromptModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Any:
         """The base model's output on [virtual tokens; input_ids], logits for input_ids only (B, T, V)."""
+        output = self._run(input_ids, attention_mask, kwargs, use_cache=False)
+        output.logits = output.logits[:, self.num_virtual_tokens:]      # the real tokens' logits
+        return output
+
+    def _run(self, input_ids: Tensor, attention_mask: Tensor | None, kwargs: dict[str, Any],
+             **cache: Any) -> Any:
+        """The base model on [virtual tokens; input_ids], with `cache` options passed on."""
         mask, positions = self.extended_mask(input_ids, attention_mask, kwargs)
         embeds = self.base_model.get_input_embeddings()(input_ids)                       # (B, T, d)
         prompt = self.prompt_embeddings.weight.to(embeds.dtype).expand(len(input_ids), -1, -1)  # (B, N, d)
-        output = self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
-                                 position_ids=positions, use_cache=False, **kwargs)
-        output.logits = output.logits[:, self.num_virtual_tokens:]      # the real tokens' logits
-        return output
+        return self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
+                               position_ids=positions, **cache, **kwargs)
 
     def _prefill(self, input_ids: Tensor, attention_mask: Tensor) -> Any:
         from transformers import DynamicCache
 
-        mask, positions = self.extended_mask(input_ids, attention_mask, {})
-        embeds = self.base_model.get_input_embeddings()(input_ids)
-        prompt = self.prompt_embeddings.weight.to(embeds.dtype).expand(len(input_ids), -1, -1)
-        return self.base_model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask,
-                               position_ids=positions, cache=DynamicCache(), use_cache=True)
+        return self._run(input_ids, attention_mask, {}, cache=DynamicCache(), use_cache=True)
 
 
 class PrefixTuningModel(SoftPromptModel):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftcourse.checkpoints import trainable_state
+from ftcourse.checkpoints import load_trainable_state, trainable_state
 from ftcourse.train import TrainConfig, TrainResult
 
 PACKAGE = Path(__file__).resolve().parent
@@ -72,10 +72,7 @@ def trained_or_loaded(folder: str | Path, model: nn.Module, examples: Sequence[d
     stored = Path(folder) / key
     if (stored / "result.json").is_file():
         record = json.loads((stored / "result.json").read_text())
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in load_file(stored / "trained.safetensors").items():
-                params[name].copy_(tensor)
+        load_trainable_state(model, load_file(stored / "trained.safetensors"))
         states = load_file(stored / "rng.safetensors")
         torch.set_rng_state(states["cpu"])
         if "cuda" in states:
