@@ -6,15 +6,19 @@
 All three fully fine-tune a fresh copy of the embedded tiny model (`load_base(profile="tiny")`,
 fp32) on the same token lists: the "instructions" task tokenized once by `tokenize_instructions`
 (prompt masked; tests/test_sft.py proves TRL tokenizes it the same), in the same order (our
-loop's seeded order, given to the libraries with a sequential sampler), padded into the same
-batches (each library's collator is checked against ours on every batch before timing), with the
-same optimizer (torch AdamW, our betas, no weight decay, lr 1e-3, cosine schedule, clipping at 1)
-and no evaluation, saving, logging or progress bar. Tokens/s counts the non-padding tokens over
-the training loop's time: our `TrainResult.seconds`, the libraries' on_train_begin to on_train_end.
-Goal: ours >= 1.0x each library's tokens/s. Model FLOPs utilisation (MFU): our loop's 6·N·tokens/s
-(N: every parameter; forward and backward) over the fp32 matmul peak of this machine at the same
-thread count, a 1024 x 1024 matmul measured in the same run; goal 0.30. Peak memory (full runs only, no goal):
-`ftcourse.memory.measure_peak` (torch's profiler) of a 3-step run of each side.
+loop's seeded order, given to the libraries with a sequential sampler), the same examples in
+every batch, each side padding-free as it does it (ours packs a batch into rows of its longest
+example, `ftcourse.batching.padding_free_batch`; transformers' `DataCollatorWithFlattening` and
+TRL's `padding_free=True` flatten it into one row; the examples of every batch are checked equal
+before timing), with the same optimizer (torch AdamW, our betas, no weight decay, lr 1e-3, cosine
+schedule, clipping at 1) and no evaluation, saving, logging or progress bar. Tokens/s counts the
+examples' tokens over the training loop's time: our `TrainResult.seconds`, the libraries'
+on_train_begin to on_train_end. Goal: ours >= 1.0x each library's tokens/s.
+Model FLOPs utilisation (MFU): our loop's 6·N·tokens/s (N: every parameter; forward and
+backward) over the fp32 matmul peak of this machine at the same thread count, a 1024 x 1024
+matmul measured in the same run; goal 0.30, at the benchmarks' thread count and at one thread per
+core. Peak memory (full runs only, no goal): `ftcourse.memory.measure_peak` (torch's profiler) of
+a 3-step run of each side.
 
 Where they still differ: TRL also computes each token's entropy and accuracy for its logs every
 step (no option turns that off) and takes log-probs through transformers' fused LM head; the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,10 +37,10 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from comparison import Comparison, command_line, interleaved, median, spread
+from comparison import Comparison, command_line, interleaved, median, set_threads, spread
 from torch import nn
 
-from ftcourse.batching import pad_batch
+from ftcourse.batching import padding_free_batch
 from ftcourse.data import load_task
 from ftcourse.memory import measure_peak
 from ftcourse.models import load_base
@@ -52,7 +57,7 @@ def library_trainer(kind: str, model: nn.Module, tokenizer: Any, ordered: Exampl
                     output_dir: str, callbacks: list[Any]) -> Any:
     """A `Trainer` or `SFTTrainer` set up to do what `ftcourse.train.train(model, ..., config)` does."""
     import datasets
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments
     from trl import SFTConfig, SFTTrainer
 
     beta1, beta2 = make_optimizer(model, config).defaults["betas"]
@@ -66,12 +71,12 @@ def library_trainer(kind: str, model: nn.Module, tokenizer: Any, ordered: Exampl
                   activation_checkpointing=False)
     dataset = datasets.Dataset.from_list(ordered)
     if kind == "sft_trainer":
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=None, packing=False),
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=None, packing=False,
+                                                         padding_free=True),
                              train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     else:
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),  # labels: -100
-                          callbacks=callbacks)
+                          data_collator=DataCollatorWithFlattening(), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)   # with no progress bar it prints the final metrics
     return trainer
 
@@ -99,7 +104,7 @@ def prepare(kind: str, base: nn.Module, tokenizer: Any, examples: Examples, orde
 
     timer, folder = LoopTimer(), tempfile.TemporaryDirectory()
     trainer = library_trainer(kind, model, tokenizer, ordered, config, folder.name, [timer])
-    check_same_batches(trainer.data_collator, ordered, config.batch_size, tokenizer.pad_token_id)
+    check_same_examples(trainer.data_collator, ordered, config.batch_size, tokenizer.pad_token_id)
 
     def run_library() -> dict[str, float]:
         began = time.perf_counter()
@@ -110,13 +115,29 @@ def prepare(kind: str, base: nn.Module, tokenizer: Any, examples: Examples, orde
     return run_library
 
 
-def check_same_batches(collate: Callable, ordered: Examples, batch_size: int, pad_id: int) -> None:
-    """Fail unless a library's collator pads every batch exactly as our loop does."""
+def check_same_examples(collate: Callable, ordered: Examples, batch_size: int, pad_id: int) -> None:
+    """Fail unless a library's collator puts the same examples, with the same labels, into every
+    batch as our loop does (each side lays them out in rows its own way)."""
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start:start + batch_size]
-        ours, theirs = pad_batch(chunk, pad_id), collate(chunk)
-        for key, tensor in ours.items():
-            assert torch.equal(tensor, theirs[key]), f"{type(collate).__name__} pads {key} differently"
+        ours = examples_in(padding_free_batch(chunk, pad_id), pad_id)
+        theirs = examples_in(collate(chunk), pad_id)
+        assert ours == theirs, f"{type(collate).__name__} batches other examples than ours"
+
+
+def examples_in(batch: dict[str, torch.Tensor], pad_id: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (input_ids, labels after the first) of each example in a padded or packed batch, sorted.
+    Only labels after an example's first token count: the first is predicted from nothing."""
+    found = []
+    for r, ids in enumerate(batch["input_ids"].tolist()):
+        labels = batch["labels"][r].tolist()
+        if "attention_mask" in batch:
+            bounds = [(0, int(batch["attention_mask"][r].sum()))]
+        else:   # packed: an example starts where the positions restart; each padding token alone
+            starts = [i for i, p in enumerate(batch["position_ids"][r].tolist()) if p == 0]
+            bounds = list(zip(starts, starts[1:] + [len(ids)]))
+        found += [(tuple(ids[a:b]), tuple(labels[a + 1:b])) for a, b in bounds if ids[a:b] != [pad_id]]
+    return sorted(found)
 
 
 def matmul_flops(size: int = 1024, repeats: int = 10) -> float:
@@ -129,6 +150,19 @@ def matmul_flops(size: int = 1024, repeats: int = 10) -> float:
         a @ b
         seconds.append(time.perf_counter() - began)
     return 2 * size ** 3 / median(seconds)
+
+
+def mfu(model: nn.Module, batch_size: int, tokens_per_second: float, matmul_size: int,
+        details: dict[str, Any]) -> Comparison:
+    """Our loop's model FLOPs (6 N per token) per second over this machine's fp32 matmul peak, both
+    at torch's present thread count."""
+    flops_per_token, peak = 6 * sum(p.numel() for p in model.parameters()), matmul_flops(matmul_size)
+    threads = torch.get_num_threads()
+    return Comparison(f"train MFU, batch {batch_size}, {threads} thread{'s' * (threads > 1)}: 6N tokens/s "
+                      "over the fp32 matmul peak", "FLOP/s", flops_per_token * tokens_per_second, peak,
+                      MFU_GOAL, higher_is_better=True,
+                      details={**details, "threads": threads, "flops_per_token": flops_per_token,
+                               "matmul_flops": peak})
 
 
 def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
@@ -156,12 +190,14 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
     rows = [Comparison(f"train tokens/s vs {name}", "tokens/s", median(per_round["ours"]),
                        median(per_round[kind]), GOAL, higher_is_better=True, details=details,
                        spread=spread(per_round["ours"], per_round[kind])) for kind, name in LIBRARIES.items()]
-    flops_per_token = 6 * sum(p.numel() for p in base.parameters())
-    peak_flops = matmul_flops(256 if quick else 1024)
-    rows.append(Comparison(f"train MFU, batch {batch_size}: 6N tokens/s over the fp32 matmul peak", "FLOP/s",
-                           flops_per_token * median(per_round["ours"]), peak_flops, MFU_GOAL,
-                           higher_is_better=True, details={**details, "flops_per_token": flops_per_token,
-                                                           "matmul_flops": peak_flops}))
+    rows.append(mfu(base, batch_size, median(per_round["ours"]), 256 if quick else 1024, details))
+    threads = torch.get_num_threads()
+    if not quick and (cores := os.cpu_count() or 1) != threads:   # and at one thread per core
+        set_threads(cores)
+        own = interleaved({"ours": side("ours", steps)}, repeats)["ours"]
+        rows.append(mfu(base, batch_size, median([run["tokens"] / run["seconds"] for run in own]), 1024,
+                        {**details, "runs": {"ours": own}}))
+        set_threads(threads)
     if quick:   # torch's memory-timeline analysis takes ~6 s per side: full runs only
         return rows
     peak = {kind: measure_peak(side(kind, 3))["total"] for kind in sides}

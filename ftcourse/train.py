@@ -32,8 +32,10 @@ from ftcourse.batching import (
     causal_lm_loss,
     default_device,
     evaluating,
+    keeps_packed_rows_apart,
     pad_batch,
     pad_id_of,
+    padding_free_batch,
     require_within_positions,
 )
 from ftcourse.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -179,7 +181,8 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
 
     Args:
         model: any torch module; frozen parameters stay frozen.
-        data: tokenized examples; the default `collate` pads `input_ids` / `labels` lists.
+        data: tokenized examples; the default collate (`default_collate`) packs or pads their
+            `input_ids` / `labels` lists.
         config: steps, batch, learning rate, schedule, seed.
         loss_fn: (model, batch) -> (summed loss, item count) for one micro-batch.
         eval_fn: called with the model in eval mode every `config.eval_every` steps and at the end.
@@ -196,7 +199,7 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     accelerator = Accelerator(cpu=default_device().type == "cpu")
     _warn_if_fsdp_is_off(accelerator)
     torch.manual_seed(config.seed)
-    collate = collate or partial(pad_batch, pad_id=pad_id_of(model))
+    collate = collate or default_collate(model, loss_fn)
     world, rank = accelerator.num_processes, accelerator.process_index
     total = config.total_steps(len(data), world)
     per_process = config.batch_size * config.grad_accum_steps
@@ -220,9 +223,8 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     began = time.perf_counter()
     for step in bar:
         mine = order[(step * world + rank) * per_process:(step * world + rank + 1) * per_process]
-        batches = [collate([data[i] for i in mine[start:start + config.batch_size]])
-                   for start in range(0, per_process, config.batch_size)]
-        sums, tokens = _accumulate(wrapped, accelerator, loss_fn, batches)
+        sums, tokens = _accumulate(wrapped, accelerator, loss_fn, collate, [data[i] for i in mine],
+                                   config.batch_size)
         # Gradients hold summed losses, averaged over processes by DDP; make them a global mean.
         names = sorted(sums)
         totals = dict(zip(names, accelerator.reduce(torch.stack([sums[n] for n in names]).to(
@@ -262,23 +264,34 @@ def train(model: nn.Module, data: Sequence[dict[str, Any]], config: TrainConfig,
     return result
 
 
-def _accumulate(model: nn.Module, accelerator: Any, loss_fn: LossFn,
-                batches: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], int]:
-    """Forward and backward over the micro-batches of one step; return the summed loss, item
-    count and extra metrics, and the number of tokens seen. DDP syncs only on the last one."""
+def default_collate(model: nn.Module, loss_fn: LossFn) -> Callable:
+    """How `train` batches examples unless told: padding-free rows for the next-token loss of a
+    model that keeps packed examples apart (same loss, less padding to compute), padded rows
+    for anything else."""
+    padding_free = loss_fn is causal_lm_loss and keeps_packed_rows_apart(model)
+    return partial(padding_free_batch if padding_free else pad_batch, pad_id=pad_id_of(model))
+
+
+def tokens_of(example: dict[str, Any]) -> int:
+    """Tokens in one example (every `*input_ids` list: a sequence, or a preference pair's two)."""
+    return sum(len(ids) for key, ids in example.items() if key.endswith("input_ids"))
+
+
+def _accumulate(model: nn.Module, accelerator: Any, loss_fn: LossFn, collate: Callable,
+                examples: list[dict[str, Any]], batch_size: int) -> tuple[dict[str, Tensor], int]:
+    """Forward and backward over one step's examples, `batch_size` at a time; return the summed
+    loss, item count and extra metrics, and the examples' tokens. DDP syncs only on the last one."""
     sums: dict[str, Tensor] = {}
-    tokens = 0
+    batches = [collate(examples[start:start + batch_size]) for start in range(0, len(examples), batch_size)]
     for index, batch in enumerate(batches):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        mask = batch.get("attention_mask")
-        tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         last = index == len(batches) - 1
         with accelerator.autocast(), (accelerator.no_sync(model) if not last else nullcontext()):
             loss_sum, count, *extra = loss_fn(model, batch)
             accelerator.backward(loss_sum)
         for name, value in {"loss": loss_sum, "count": count, **(extra[0] if extra else {})}.items():
             sums[name] = sums.get(name, torch.zeros(())) + value.detach().float().cpu()
-    return sums, tokens
+    return sums, sum(map(tokens_of, examples))
 
 
 def _warn_if_fsdp_is_off(accelerator: Any) -> None:

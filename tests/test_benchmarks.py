@@ -136,3 +136,31 @@ def test_claims_diff_names_each_kind_of_change():
     assert verdicts == {"tighter": "tighter", "wider": "wider", "flipped": "flipped",
                         "no interval": "changed", "gone": "gone", "new": "new"}
     assert claims_diff.widths("1e-05 [-2e-05, 3e-05] and [0.1, 0.3]") == pytest.approx([5e-05, 0.2])
+
+
+def test_the_throughput_benchmark_checks_each_library_batches_our_examples(tokenizer):
+    """Each side lays a batch out its own way (our packed rows, transformers' one flat row); the
+    check passes on the same examples and fails on a dropped example or a changed label."""
+    from train_throughput import check_same_examples
+    from transformers import DataCollatorWithFlattening
+
+    from ftcourse.data import load_task
+    from ftcourse.sft import tokenize_instructions
+
+    rows = load_task("instructions")["train"].shuffle(seed=0).select(range(8))
+    examples = tokenize_instructions(tokenizer, rows)
+    flatten, pad_id = DataCollatorWithFlattening(), tokenizer.pad_token_id
+    check_same_examples(flatten, examples, 4, pad_id)
+
+    def drops_one(chunk):
+        return flatten(chunk[1:])
+
+    def moves_a_label(chunk):
+        batch = flatten(chunk)
+        labelled = (batch["labels"][0] != -100).nonzero()[0, 0]
+        batch["labels"][0, labelled] = -100
+        return batch
+
+    for wrong in (drops_one, moves_a_label):
+        with pytest.raises(AssertionError, match="other examples than ours"):
+            check_same_examples(wrong, examples, 4, pad_id)

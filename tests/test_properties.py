@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftcourse.batching import pack_examples, packed_attention_mask, pad_batch, pad_pairs
+from ftcourse.batching import pack_examples, packed_attention_mask, pad_batch, pad_pairs, padding_free_batch
 from ftcourse.chat import BOS, EOS, ROLES, prompt_ids, tokenize_chat, tokenize_example, tokenize_pair
 from ftcourse.data import TASK_FIELDS, make_world, synthetic_rows
 from ftcourse.data.tasks import FRACTIONS, SPLITS, split_keys
@@ -352,3 +352,17 @@ def test_qa_asks_every_fact_once_and_preferences_follow_its_splits(num_people, s
     assert sum(len(questions[split]) for split in SPLITS) == len(world.facts("people"))
     for split in SPLITS:
         assert [q["instruction"] for q in questions[split]] == [p["prompt"] for p in pairs[split]]
+
+
+@CHEAP
+@given(examples=token_examples(min_size=1, max_size=16))
+def test_padding_free_batches_learn_the_same_tokens_in_no_more_rows(examples):
+    """Every label the padded batch learns (each example's from its second token on: the first
+    predicts nothing) is learned once in the padding-free batch, in at most as many rows."""
+    free, padded = padding_free_batch(examples, pad_id=0), pad_batch(examples, pad_id=0)
+    assert free["input_ids"].shape[0] <= padded["input_ids"].shape[0]
+    assert free["input_ids"].shape[1] == padded["input_ids"].shape[1]
+    assert Counter(labelled(free["labels"][:, 1:].flatten().tolist())) == \
+        Counter(t for ex in examples for t in labelled(ex["labels"][1:]))
+    if free["input_ids"].shape[0] == len(examples):    # nothing packed: the padded batch itself
+        assert all(torch.equal(free[key], padded[key]) for key in padded)

@@ -6,11 +6,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from ftcourse.batching import causal_lm_loss, pad_batch
+from ftcourse.batching import causal_lm_loss, pad_batch, padding_free_batch
 from ftcourse.checkpoints import latest_checkpoint
 from ftcourse.memory import MIN_8BIT_SIZE
 from ftcourse.tolerance import adam_bound, assert_close, bound, loss_path, transformer_path
-from ftcourse.train import TrainConfig, example_order, lr_lambda, train
+from ftcourse.train import TrainConfig, default_collate, example_order, lr_lambda, train
 
 
 def test_loss_falls(make_model, make_data):
@@ -124,6 +124,66 @@ def test_loss_is_the_token_mean_over_the_batch(make_model, make_data):
     theirs = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}, labels=batch["labels"]).loss
     assert count == sum(len(ex["input_ids"]) - 1 for ex in data)
     assert_close(loss_sum / count, theirs, n=loss_path(model.config, batch["input_ids"].shape[1], int(count)))
+
+
+@pytest.mark.equivalence
+def test_padding_free_batches_give_the_padded_loss_and_gradients(base):
+    # 16 chat examples of mixed lengths: packed into fewer rows, the same loss and gradients as
+    # padded rows, and the loss transformers computes on its own padding-free batch (one row).
+    from transformers import DataCollatorWithFlattening
+
+    from ftcourse.data import load_task
+    from ftcourse.sft import tokenize_instructions
+
+    model, tokenizer = copy.deepcopy(base[0]).train(), base[1]
+    rows = load_task("instructions")["train"].shuffle(seed=0).select(range(16))
+    examples = tokenize_instructions(tokenizer, rows)
+    pad_id = tokenizer.pad_token_id
+    padded, free = pad_batch(examples, pad_id), padding_free_batch(examples, pad_id)
+    assert free["input_ids"].shape[0] < padded["input_ids"].shape[0]
+
+    def loss_and_gradients(batch):
+        model.zero_grad()
+        loss_sum, count = causal_lm_loss(model, batch)
+        loss_sum.backward()
+        return loss_sum, count, [p.grad.clone() for p in model.parameters()]
+
+    (ours, count, grads), (expected, expected_count, expected_grads) = (loss_and_gradients(free),
+                                                                        loss_and_gradients(padded))
+    length = padded["input_ids"].shape[1]
+    n = loss_path(model.config, length, int(count))
+    assert count == expected_count
+    assert_close(ours, expected, n=n, msg="summed loss")
+    gradient_n = n + transformer_path(model.config, length)
+    scale = max(g.abs().max().item() for g in expected_grads)
+    for (name, _), a, b in zip(model.named_parameters(), grads, expected_grads):
+        assert_close(a, b, n=gradient_n, scale=scale, msg=name)
+
+    flat = DataCollatorWithFlattening(return_tensors="pt")(examples)
+    with torch.no_grad():
+        theirs = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"],
+                       labels=flat["labels"], use_cache=False).loss
+    n = loss_path(model.config, flat["input_ids"].shape[1], int(count))
+    assert_close(ours.detach() / count, theirs, n=n, msg="transformers' DataCollatorWithFlattening")
+
+
+def test_train_packs_only_for_the_next_token_loss_of_a_model_that_keeps_rows_apart(make_model, make_data):
+    model, data = make_model(), make_data(8)
+    assert default_collate(model, causal_lm_loss).func is padding_free_batch
+    assert default_collate(model, lambda model, batch: causal_lm_loss(model, batch)).func is pad_batch
+
+    class Wrapped(torch.nn.Module):          # a model of one's own: packing is not assumed to work
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, **inputs):
+            return self.inner(**inputs)
+
+    assert default_collate(Wrapped(), causal_lm_loss).func is pad_batch
+    result = train(model, data, TrainConfig(max_steps=2, batch_size=4), progress=False)
+    seen = example_order(len(data), 8, seed=0)
+    assert result.tokens == sum(len(data[i]["input_ids"]) for i in seen)    # real tokens, not padding
 
 
 def test_pad_batch_right_pads_and_masks():
