@@ -126,25 +126,17 @@ def padding_free_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) ->
     """One batch with little padding: its examples, longest first, packed into as few rows of the
     longest one's length as hold them (first fit), positions restarting for every example.
 
-    For a model that keeps packed examples apart (`keeps_packed_rows_apart`) the loss and its
-    gradients are `pad_batch`'s up to rounding: the same examples and labels, fewer padding
-    tokens to compute when lengths vary (TRL's `padding_free`). A batch that packing would not
-    shorten, and rows packed already, are padded as they are.
+    For a model that keeps packed examples apart by their positions (a transformers causal LM:
+    `train.keeps_packed_rows_apart`) the loss and its gradients are `pad_batch`'s up to rounding:
+    the same examples and labels, fewer padding tokens to compute when lengths vary (TRL's
+    `padding_free`). A batch that packing would not shorten, and rows packed already, are padded
+    as they are.
     """
     if "position_ids" in examples[0]:
         return pad_batch(examples, pad_id)
     longest_first = sorted(examples, key=lambda example: len(example["input_ids"]), reverse=True)
     rows = pack_examples(longest_first, len(longest_first[0]["input_ids"]))
     return pad_batch(rows if len(rows) < len(examples) else examples, pad_id)
-
-
-def keeps_packed_rows_apart(model: nn.Module) -> bool:
-    """Whether `model` keeps the examples of a packed row apart by their restarting positions: a
-    transformers model whose masks come from transformers' attention interface (Llama, Qwen2,
-    GPT-2, ...). A wrapper (soft prompts, a peft model) or a model of one's own is not assumed to."""
-    from transformers import PreTrainedModel
-
-    return isinstance(model, PreTrainedModel) and getattr(model, "_supports_attention_backend", False)
 
 
 def packed_attention_mask(position_ids: Sequence[int]) -> Tensor:

@@ -32,7 +32,6 @@ from ftcourse.batching import (
     causal_lm_loss,
     default_device,
     evaluating,
-    keeps_packed_rows_apart,
     pad_batch,
     pad_id_of,
     padding_free_batch,
@@ -270,6 +269,15 @@ def default_collate(model: nn.Module, loss_fn: LossFn) -> Callable:
     for anything else."""
     padding_free = loss_fn is causal_lm_loss and keeps_packed_rows_apart(model)
     return partial(padding_free_batch if padding_free else pad_batch, pad_id=pad_id_of(model))
+
+
+def keeps_packed_rows_apart(model: nn.Module) -> bool:
+    """Whether `model` keeps the examples of a packed row apart by their restarting positions: a
+    transformers model whose masks come from transformers' attention interface (Llama, Qwen2,
+    GPT-2, ...). A wrapper (soft prompts, a peft model) or a model of one's own is not assumed to."""
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel) and getattr(model, "_supports_attention_backend", False)
 
 
 def tokens_of(example: dict[str, Any]) -> int:
