@@ -271,13 +271,19 @@ def default_collate(model: nn.Module, loss_fn: LossFn) -> Callable:
     return partial(padding_free_batch if padding_free else pad_batch, pad_id=pad_id_of(model))
 
 
+# The transformers architectures that keep the examples of a packed row apart by their restarting
+# positions, each tested against padded rows (tests/test_train.py). Not every one does: OPT counts
+# its positions from the attention mask, so a packed row would run past them.
+PACKED_ROW_MODEL_TYPES = frozenset({"gemma", "gemma2", "gpt2", "gpt_neox", "llama", "mistral", "olmo2",
+                                    "phi3", "qwen2", "qwen3", "smollm3"})
+
+
 def keeps_packed_rows_apart(model: nn.Module) -> bool:
-    """Whether `model` keeps the examples of a packed row apart by their restarting positions: a
-    transformers model whose masks come from transformers' attention interface (Llama, Qwen2,
-    GPT-2, ...). A wrapper (soft prompts, a peft model) or a model of one's own is not assumed to."""
+    """Whether `model` is a transformers model of an architecture in `PACKED_ROW_MODEL_TYPES`. A
+    wrapper (soft prompts, a peft model) or a model of one's own is not assumed to keep rows apart."""
     from transformers import PreTrainedModel
 
-    return isinstance(model, PreTrainedModel) and getattr(model, "_supports_attention_backend", False)
+    return isinstance(model, PreTrainedModel) and model.config.model_type in PACKED_ROW_MODEL_TYPES
 
 
 def tokens_of(example: dict[str, Any]) -> int:

@@ -2,6 +2,7 @@ import copy
 import math
 import shutil
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,15 @@ from ftcourse.batching import causal_lm_loss, pad_batch, padding_free_batch
 from ftcourse.checkpoints import latest_checkpoint
 from ftcourse.memory import MIN_8BIT_SIZE
 from ftcourse.tolerance import adam_bound, assert_close, bound, loss_path, transformer_path
-from ftcourse.train import TrainConfig, default_collate, example_order, lr_lambda, train
+from ftcourse.train import (
+    PACKED_ROW_MODEL_TYPES,
+    TrainConfig,
+    default_collate,
+    example_order,
+    keeps_packed_rows_apart,
+    lr_lambda,
+    train,
+)
 
 
 def test_loss_falls(make_model, make_data):
@@ -165,6 +174,64 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients(base):
                        labels=flat["labels"], use_cache=False).loss
     n = loss_path(model.config, flat["input_ids"].shape[1], int(count))
     assert_close(ours.detach() / count, theirs, n=n, msg="transformers' DataCollatorWithFlattening")
+
+
+def tiny_config(model_type: str):
+    """A 2-layer random config of `model_type`, 256 tokens, 64 positions, pad id 0."""
+    from transformers import AutoConfig
+
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+    sizes = {"gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
+             "opt": dict(common, ffn_dim=64, word_embed_proj_dim=32),
+             "gpt_neox": dict(common, intermediate_size=64)}
+    llama_like = dict(common, intermediate_size=64, num_key_value_heads=2, head_dim=8)
+    return AutoConfig.for_model(model_type, vocab_size=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                **sizes.get(model_type, llama_like))
+
+
+def token_losses(model, batch) -> dict[tuple[int, ...], torch.Tensor]:
+    """Each example's next-token losses (every token after its first), keyed by its input ids,
+    from a padded batch or from packed rows (an example starts where the positions restart)."""
+    from ftcourse.batching import model_inputs
+
+    with torch.no_grad():
+        logits = model(**model_inputs(batch)).logits
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:],
+                                               reduction="none")
+    found = {}
+    for r, ids in enumerate(batch["input_ids"].tolist()):
+        if "attention_mask" in batch:
+            bounds = [(0, int(batch["attention_mask"][r].sum()))]
+        else:
+            starts = [i for i, p in enumerate(batch["position_ids"][r].tolist()) if p == 0]
+            bounds = list(zip(starts, starts[1:] + [len(ids)]))
+        found |= {tuple(ids[a:b]): losses[r, a:b - 1] for a, b in bounds if b - a > 1}
+    return found
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("model_type", [*sorted(PACKED_ROW_MODEL_TYPES), "opt"])
+def test_each_architecture_packed_for_keeps_packed_rows_apart(model_type):
+    # Every token of every example has the same loss packed as padded, where packing is used; OPT
+    # is planted as an architecture where it is not (its positions come from the attention mask).
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+    generator = torch.Generator().manual_seed(0)
+    examples = [{"input_ids": (ids := torch.randint(5, 250, (n,), generator=generator).tolist()),
+                 "labels": [-100] + ids[1:]} for n in (5, 12, 3, 9, 4, 7, 11, 2)]
+    packed = padding_free_batch(examples, pad_id=0)
+    assert packed["input_ids"].shape[0] < len(examples)
+    expected, ours = token_losses(model, pad_batch(examples, 0)), token_losses(model, packed)
+    assert set(ours) == set(expected)
+    worst = max((ours[key] - expected[key]).abs().max().item() for key in expected)
+    # The rule's path through the widest of these configs (GPT-2's FFN is 4 x 32 wide), one token.
+    widest = SimpleNamespace(hidden_size=32, num_attention_heads=4, head_dim=8, intermediate_size=128,
+                             num_hidden_layers=2, vocab_size=256)
+    scale = max(losses.abs().max().item() for losses in expected.values())
+    assert keeps_packed_rows_apart(model) == (worst <= bound(torch.float32, loss_path(widest, 12, 1), scale))
+    assert keeps_packed_rows_apart(model) == (model_type != "opt")
 
 
 def test_train_packs_only_for_the_next_token_loss_of_a_model_that_keeps_rows_apart(make_model, make_data):
