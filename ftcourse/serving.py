@@ -94,16 +94,20 @@ def start_server(base: str | Path, adapters: Mapping[str, str | Path], *, n_ctx:
                                    stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log, [BASE_NAME, *adapters])
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"The llama.cpp server exited with code {process.returncode} before it "
-                               f"answered; its log ({log}) ends:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/v1/models", timeout=2) as reply:
-                if reply.status == 200:
-                    return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"The llama.cpp server exited with code {process.returncode} before it "
+                                   f"answered; its log ({log}) ends:\n{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{server.url}/v1/models", timeout=2) as reply:
+                    if reply.status == 200:
+                        return server
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+    except BaseException:      # Ctrl-C while waiting, or any error: leave no server running
+        server.stop()
+        raise
     server.stop()
     raise TimeoutError(f"The llama.cpp server did not answer within {timeout:.0f} s; see {log}.")
 

@@ -87,6 +87,29 @@ def test_the_server_lists_its_models_and_stops_within_a_bounded_wait(base, tmp_p
         urllib.request.urlopen(f"{server.url}/v1/models", timeout=2)
 
 
+def test_ctrl_c_while_the_server_starts_leaves_no_server_running(base, tmp_path, monkeypatch):
+    import subprocess
+
+    import ftcourse.serving
+
+    model, tokenizer = base
+    base_file = write_gguf(model, tokenizer, tmp_path / "base.gguf")
+    started, real_popen = [], subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ftcourse.serving.subprocess, "Popen", popen)
+    monkeypatch.setattr(ftcourse.serving.urllib.request, "urlopen", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        start_server(base_file, {}, n_ctx=512, workdir=tmp_path)
+    assert len(started) == 1 and started[0].poll() is not None     # stopped, not orphaned
+
+
 def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
     import signal
     import subprocess
@@ -105,7 +128,9 @@ def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     server = Server(f"http://127.0.0.1:{port}", process, tmp_path / "work" / "server.log")
     try:
-        for _ in range(300):                       # at most a minute to load, export and start
+        # Until the command has loaded, exported and started the server (its own wait is 60 s), or died.
+        deadline = time.monotonic() + 180
+        while process.poll() is None and time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{server.url}/v1/models", timeout=1)
                 break
