@@ -111,6 +111,7 @@ def test_ctrl_c_while_the_server_starts_leaves_no_server_running(base, tmp_path,
 
 
 def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
+    import select
     import signal
     import subprocess
     import sys
@@ -127,15 +128,16 @@ def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
                                 "--workdir", str(tmp_path / "work")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     server = Server(f"http://127.0.0.1:{port}", process, tmp_path / "work" / "server.log")
+    printed = []
     try:
-        # Until the command has loaded, exported and started the server (its own wait is 60 s), or died.
+        # Until the command says it serves (after loading, exporting and starting the server, whose
+        # own wait is 60 s), stops printing, or 3 min pass. Ctrl-C before that would stop the start.
         deadline = time.monotonic() + 180
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{server.url}/v1/models", timeout=1)
+        while not any(line.startswith("Serving") for line in printed) and \
+                select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if not (line := process.stdout.readline()):
                 break
-            except OSError:
-                time.sleep(0.2)
+            printed.append(line)
         reply = chat_completion(server, "qa", [{"role": "user", "content": PROMPTS[0]}], MAX_TOKENS)
         assert reply["choices"][0]["message"]["content"].strip() == \
             generate(adapter, tokenizer, [PROMPTS[0]], max_new_tokens=MAX_TOKENS)[0]
@@ -143,7 +145,7 @@ def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err[-2000:]
-    assert f"Serving base, qa at http://127.0.0.1:{port}/v1" in out
+    assert f"Serving base, qa at http://127.0.0.1:{port}/v1" in "".join(printed) + out
     with pytest.raises(OSError):                   # and the llama.cpp server stopped with it
         urllib.request.urlopen(f"{server.url}/v1/models", timeout=2)
 
