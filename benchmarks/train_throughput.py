@@ -40,7 +40,7 @@ import torch
 from comparison import Comparison, command_line, interleaved, median, set_threads, spread
 from torch import nn
 
-from ftcourse.batching import padding_free_batch
+from ftcourse.batching import example_spans, padding_free_batch
 from ftcourse.data import load_task
 from ftcourse.memory import measure_peak
 from ftcourse.models import load_base
@@ -128,16 +128,9 @@ def check_same_examples(collate: Callable, ordered: Examples, batch_size: int, p
 def examples_in(batch: dict[str, torch.Tensor], pad_id: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """The (input_ids, labels after the first) of each example in a padded or packed batch, sorted.
     Only labels after an example's first token count: the first is predicted from nothing."""
-    found = []
-    for r, ids in enumerate(batch["input_ids"].tolist()):
-        labels = batch["labels"][r].tolist()
-        if "attention_mask" in batch:
-            bounds = [(0, int(batch["attention_mask"][r].sum()))]
-        else:   # packed: an example starts where the positions restart; each padding token alone
-            starts = [i for i, p in enumerate(batch["position_ids"][r].tolist()) if p == 0]
-            bounds = list(zip(starts, starts[1:] + [len(ids)]))
-        found += [(tuple(ids[a:b]), tuple(labels[a + 1:b])) for a, b in bounds if ids[a:b] != [pad_id]]
-    return sorted(found)
+    ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    return sorted((tuple(ids[row][start:end]), tuple(labels[row][start + 1:end]))
+                  for row, start, end in example_spans(batch, pad_id))
 
 
 def matmul_flops(size: int = 1024, repeats: int = 10) -> float:
@@ -194,7 +187,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
     threads = torch.get_num_threads()
     if not quick and (cores := os.cpu_count() or 1) != threads:   # and at one thread per core
         set_threads(cores)
-        own = interleaved({"ours": side("ours", steps)}, repeats)["ours"]
+        own = interleaved({"ours": lambda: side("ours", steps)()}, repeats)["ours"]
         rows.append(mfu(base, batch_size, median([run["tokens"] / run["seconds"] for run in own]), 1024,
                         {**details, "runs": {"ours": own}}))
         set_threads(threads)

@@ -30,6 +30,11 @@ def longest_sequence(example: dict[str, Any]) -> int:
     return max((len(ids) for key, ids in example.items() if key.endswith("input_ids")), default=0)
 
 
+def tokens_of(example: dict[str, Any]) -> int:
+    """Tokens in one example (every `*input_ids` list: a sequence, or a preference pair's two)."""
+    return sum(len(ids) for key, ids in example.items() if key.endswith("input_ids"))
+
+
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position scheme was trained for, if its config says."""
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -137,6 +142,23 @@ def padding_free_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) ->
     longest_first = sorted(examples, key=lambda example: len(example["input_ids"]), reverse=True)
     rows = pack_examples(longest_first, len(longest_first[0]["input_ids"]))
     return pad_batch(rows if len(rows) < len(examples) else examples, pad_id)
+
+
+def example_spans(batch: dict[str, Tensor], pad_id: int) -> list[tuple[int, int, int]]:
+    """(row, start, end) of every example in a batch from `pad_batch`: one per padded row, up to
+    its attention mask's end; one per restart of the positions in packed rows, padding left out."""
+    if "attention_mask" in batch:
+        return [(row, 0, int(mask.sum())) for row, mask in enumerate(batch["attention_mask"])]
+    if "position_ids" not in batch:
+        raise ValueError("example_spans needs a batch with attention_mask (padded rows) or position_ids "
+                         "(packed rows), as pad_batch makes; this one has neither: "
+                         f"{', '.join(sorted(batch))}.")
+    spans = []
+    for row, (ids, positions) in enumerate(zip(batch["input_ids"].tolist(), batch["position_ids"].tolist())):
+        starts = [i for i, position in enumerate(positions) if position == 0]
+        spans += [(row, start, end) for start, end in zip(starts, starts[1:] + [len(ids)])
+                  if ids[start:end] != [pad_id]]       # padding: lone pad tokens at position 0
+    return spans
 
 
 def packed_attention_mask(position_ids: Sequence[int]) -> Tensor:

@@ -36,6 +36,7 @@ from ftcourse.batching import (
     pad_id_of,
     padding_free_batch,
     require_within_positions,
+    tokens_of,
 )
 from ftcourse.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from ftcourse.plots import plot_history
@@ -284,11 +285,6 @@ def keeps_packed_rows_apart(model: nn.Module) -> bool:
     from transformers import PreTrainedModel
 
     return isinstance(model, PreTrainedModel) and model.config.model_type in PACKED_ROW_MODEL_TYPES
-
-
-def tokens_of(example: dict[str, Any]) -> int:
-    """Tokens in one example (every `*input_ids` list: a sequence, or a preference pair's two)."""
-    return sum(len(ids) for key, ids in example.items() if key.endswith("input_ids"))
 
 
 def _accumulate(model: nn.Module, accelerator: Any, loss_fn: LossFn, collate: Callable,

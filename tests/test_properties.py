@@ -15,7 +15,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftcourse.batching import pack_examples, packed_attention_mask, pad_batch, pad_pairs, padding_free_batch
+from ftcourse.batching import (
+    example_spans,
+    pack_examples,
+    packed_attention_mask,
+    pad_batch,
+    pad_pairs,
+    padding_free_batch,
+)
 from ftcourse.chat import BOS, EOS, ROLES, prompt_ids, tokenize_chat, tokenize_example, tokenize_pair
 from ftcourse.data import TASK_FIELDS, make_world, synthetic_rows
 from ftcourse.data.tasks import FRACTIONS, SPLITS, split_keys
@@ -366,3 +373,17 @@ def test_padding_free_batches_learn_the_same_tokens_in_no_more_rows(examples):
         Counter(t for ex in examples for t in labelled(ex["labels"][1:]))
     if free["input_ids"].shape[0] == len(examples):    # nothing packed: the padded batch itself
         assert all(torch.equal(free[key], padded[key]) for key in padded)
+
+
+@CHEAP
+@given(examples=token_examples(min_size=1, max_size=16))
+def test_example_spans_find_every_example_in_padded_and_packed_rows(examples):
+    for batch in (pad_batch(examples, pad_id=-1), padding_free_batch(examples, pad_id=-1)):
+        ids = batch["input_ids"].tolist()
+        found = sorted(ids[row][start:end] for row, start, end in example_spans(batch, pad_id=-1))
+        assert found == sorted(ex["input_ids"] for ex in examples)
+
+
+def test_example_spans_refuse_a_batch_that_is_neither_padded_nor_packed():
+    with pytest.raises(ValueError, match="needs a batch with attention_mask .* or position_ids"):
+        example_spans({"input_ids": torch.tensor([[5, 6]]), "labels": torch.tensor([[5, 6]])}, pad_id=0)

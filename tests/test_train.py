@@ -192,21 +192,15 @@ def tiny_config(model_type: str):
 def token_losses(model, batch) -> dict[tuple[int, ...], torch.Tensor]:
     """Each example's next-token losses (every token after its first), keyed by its input ids,
     from a padded batch or from packed rows (an example starts where the positions restart)."""
-    from ftcourse.batching import model_inputs
+    from ftcourse.batching import example_spans, model_inputs
 
     with torch.no_grad():
         logits = model(**model_inputs(batch)).logits
     losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:],
                                                reduction="none")
-    found = {}
-    for r, ids in enumerate(batch["input_ids"].tolist()):
-        if "attention_mask" in batch:
-            bounds = [(0, int(batch["attention_mask"][r].sum()))]
-        else:
-            starts = [i for i, p in enumerate(batch["position_ids"][r].tolist()) if p == 0]
-            bounds = list(zip(starts, starts[1:] + [len(ids)]))
-        found |= {tuple(ids[a:b]): losses[r, a:b - 1] for a, b in bounds if b - a > 1}
-    return found
+    ids = batch["input_ids"].tolist()
+    return {tuple(ids[row][start:end]): losses[row, start:end - 1]
+            for row, start, end in example_spans(batch, pad_id=0) if end - start > 1}
 
 
 @pytest.mark.equivalence
