@@ -4,7 +4,9 @@ Each notebook that passed is stored, with the outputs nbval received, in a jupyt
 CACHE_DIR. Jupyter Book in `execute_notebooks: cache` mode finds it there (the cache matches a
 notebook by the hash of its code), so `make test` builds the book from this one execution
 instead of running every notebook a second time. `make book` alone still executes everything.
-`--notebook-times FILE` writes each notebook's execution time (the sum of its cells) as JSON.
+`--notebook-times FILE` adds each notebook's execution time (the sum of its cells) to FILE (JSON).
+Both work with pytest-xdist (`make test` runs `-n`): each worker hands the notebooks it executed
+to the controller, which stores them all.
 """
 
 import json
@@ -26,10 +28,12 @@ def pytest_addoption(parser):
     parser.addoption("--keep-executed", metavar="CACHE_DIR", default=None,
                      help="store the notebooks nbval executed in a jupyter-cache at CACHE_DIR")
     parser.addoption("--notebook-times", metavar="FILE", default=None,
-                     help="write each notebook's execution time in seconds to FILE (JSON)")
+                     help="add each notebook's execution time in seconds to FILE (JSON)")
 
 
 _seconds_per_notebook: dict[str, float] = defaultdict(float)
+_executed: dict[str, str] = {}          # notebook path -> the executed notebook, as JSON
+_ran_here: dict[str, object] = {}       # notebook path -> its nbval collector, in this process
 
 
 def pytest_runtest_logreport(report):
@@ -44,25 +48,38 @@ def pytest_runtest_makereport(item, call):
     if call.when == "call" and outputs is not None and outcome.get_result().passed:
         item.cell.outputs = outputs
         item.cell.execution_count = item.cell_num + 1
+        _ran_here[str(item.parent.fspath)] = item.parent
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the xdist controller: what a worker executed."""
+    _executed.update(getattr(node, "workeroutput", {}).get("executed_notebooks", {}))
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import nbformat
+
+    executed = {path: nbformat.writes(notebook.nb) for path, notebook in _ran_here.items()}
+    if hasattr(session.config, "workerinput"):          # an xdist worker: hand them to the controller
+        session.config.workeroutput["executed_notebooks"] = executed if exitstatus == 0 else {}
+        return
+    _executed.update(executed)
     times_file = session.config.getoption("notebook_times")
     if times_file and _seconds_per_notebook:
-        Path(times_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(times_file).write_text(json.dumps({notebook: round(seconds, 1) for notebook, seconds
-                                                in sorted(_seconds_per_notebook.items())}, indent=1))
+        path = Path(times_file)
+        times = json.loads(path.read_text()) if path.is_file() else {}
+        times |= {notebook: round(seconds, 1) for notebook, seconds in _seconds_per_notebook.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(sorted(times.items())), indent=1))
     cache_dir = session.config.getoption("keep_executed")
     if not cache_dir or exitstatus != 0:
         return
-    import nbformat
     from jupyter_cache import get_cache
 
     cache = get_cache(cache_dir)
-    notebooks = {item.parent: None for item in session.items if hasattr(item.parent, "nb")}
     with tempfile.TemporaryDirectory() as folder:
-        for notebook_file in notebooks:
-            path = Path(folder) / Path(str(notebook_file.fspath)).name
-            nbformat.write(notebook_file.nb, path)
-            cache.cache_notebook_file(str(path), uri=str(notebook_file.fspath), check_validity=False,
-                                      overwrite=True)
+        for uri, text in sorted(_executed.items()):
+            path = Path(folder) / Path(uri).name
+            path.write_text(text)
+            cache.cache_notebook_file(str(path), uri=uri, check_validity=False, overwrite=True)

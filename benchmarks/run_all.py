@@ -37,7 +37,7 @@ def notebook_times(path: Path = SAVED) -> dict[str, Any] | None:
         return None
     saved = json.loads(path.read_text())
     return {**saved, "total_minutes": sum(saved["seconds"].values()) / 60, "goal_minutes": BOOK_GOAL_MINUTES,
-            **goals(saved["seconds"])}
+            **goals(saved["seconds"], saved.get("book_side_by_side_seconds"))}
 
 
 def value_text(value: float, metric: str) -> str:

@@ -320,7 +320,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ftcourse.llamacpp import write_gguf, write_lora_gguf
     from ftcourse.lora import load_adapter
     from ftcourse.models import load_base
-    from ftcourse.serving import start_server
+    from ftcourse.serving import start_server, wait_while_running
 
     adapters = {}
     for given in args.adapter:
@@ -339,7 +339,7 @@ def run_serve(args: argparse.Namespace) -> int:
           f"-d '{{\"model\": \"{next(iter(adapters), 'base')}\", \"messages\": [{{\"role\": \"user\", "
           f"\"content\": \"Hello\"}}]}}'\nCtrl-C stops it.", flush=True)
     try:
-        server.process.wait()
+        wait_while_running(server.process)
     except KeyboardInterrupt:
         pass
     finally:

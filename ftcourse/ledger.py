@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +92,25 @@ def results_dir(profile: str | Profile | None = None, root: str | Path | None = 
 
 def _write_json(path: Path, content: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")     # one per process: never shared
     temporary.write_text(json.dumps(content, indent=1))
     os.replace(temporary, path)
+
+
+@contextmanager
+def _checks_held(folder: Path) -> Iterator[Path]:
+    """`folder`'s checks.json, for this process alone while the block reads and rewrites it:
+    chapters that run at the same time (`make test` runs several) would otherwise lose each
+    other's claims. The lock is POSIX's (fcntl); where there is none, chapters run one at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "checks.lock", "w") as lock:
+        try:
+            import fcntl
+        except ImportError:                   # Windows
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield folder / "checks.json"
 
 
 class Chapter:
@@ -104,10 +122,10 @@ class Chapter:
         self.calibrated = self.profile == CALIBRATED
         self.folder = results_dir(self.profile, root)
         _write_json(self.folder / "run.json", describe_run(self.profile))
-        path = self.folder / "checks.json"    # a chapter that runs again states its claims afresh
-        if path.is_file():
-            _write_json(path, {key: check for key, check in json.loads(path.read_text()).items()
-                               if check["chapter"] != name})
+        with _checks_held(self.folder) as path:     # a chapter that runs again states its claims afresh
+            if path.is_file():
+                _write_json(path, {key: check for key, check in json.loads(path.read_text()).items()
+                                   if check["chapter"] != name})
 
     @property
     def runs(self) -> Path:
@@ -120,11 +138,11 @@ class Chapter:
         Raises AssertionError where the chapter was calibrated and the claim fails there.
         """
         holds = bool(holds)
-        path = self.folder / "checks.json"    # every chapter's checks on this profile, read afresh
-        checks = json.loads(path.read_text()) if path.is_file() else {}
-        checks[f"{self.name}: {claim}"] = {"chapter": self.name, "claim": claim, "holds": holds,
-                                           "measured": str(measured)}
-        _write_json(path, checks)
+        with _checks_held(self.folder) as path:     # every chapter's checks on this profile, read afresh
+            checks = json.loads(path.read_text()) if path.is_file() else {}
+            checks[f"{self.name}: {claim}"] = {"chapter": self.name, "claim": claim, "holds": holds,
+                                               "measured": str(measured)}
+            _write_json(path, checks)
         shown = f"{claim}" + (f" (measured: {measured})" if str(measured) else "")
         if self.calibrated:
             assert holds, f"This chapter's claim no longer holds on the {self.profile.name} profile: {shown}"

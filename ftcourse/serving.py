@@ -76,6 +76,15 @@ class Server:
         return self.process.returncode
 
 
+def wait_while_running(process: subprocess.Popen, poll: float = 0.5) -> int:
+    """Wait until `process` ends and return its exit code, waking every `poll` seconds. A blocking
+    wait would miss a Ctrl-C that the kernel hands to another thread of this process: Python raises
+    KeyboardInterrupt only when the main thread runs again, and waitpid() would not return."""
+    while process.poll() is None:
+        time.sleep(poll)
+    return process.returncode
+
+
 def start_server(base: str | Path, adapters: Mapping[str, str | Path], *, n_ctx: int,
                  port: int | None = None, timeout: float = 60.0, workdir: str | Path | None = None) -> Server:
     """Start llama.cpp's server on 127.0.0.1 and wait (at most `timeout` s) until it answers."""

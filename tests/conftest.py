@@ -1,6 +1,7 @@
 """Shared fixtures. Tests never touch the network: the hub is switched off before anything loads."""
 
 import os
+import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -17,6 +18,14 @@ def base():
     from ftcourse.models import load_base
 
     return load_base()
+
+
+@pytest.fixture(scope="session")
+def ctrl_c_as_in_a_terminal():
+    """Popen keywords that give a child Ctrl-C as a terminal gives it: SIGINT at its default. A
+    runner started in the background (`make test &` in a script) ignores SIGINT, and so, unless
+    told otherwise, does every process it starts, and a test of Ctrl-C would wait for nothing."""
+    return {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
 
 
 @pytest.fixture(scope="session")

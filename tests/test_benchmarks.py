@@ -54,6 +54,9 @@ def test_notebook_times_join_the_report_with_the_book_goal(tmp_path):
     assert run_all.goals(fast) == {"book_minutes_slower": pytest.approx(70 * 3.3 / 60), "book_met": True,
                                    "notebooks_over": ["01"], "met": False}
     assert run_all.goals({"notebooks/00.ipynb": 30.0})["met"] is True
+    side_by_side = run_all.goals(fast, book_seconds=50.0)        # the book as make book runs it
+    assert side_by_side["book_minutes_slower"] == pytest.approx(50 * 3.3 / 60)
+    assert side_by_side["notebooks_over"] == ["01"]                # each notebook still alone
     assert run_all.notebook_times(tmp_path / "absent.json") is None
     report = {"command": "python benchmarks/run_all.py", "date": "today", "comparisons": [],
               "machine": {"cpus": 2, "processor": "x86_64", "torch_threads": 1, "torch": "2", "python": "3"},

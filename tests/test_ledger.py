@@ -107,3 +107,28 @@ def test_a_chapter_run_again_states_its_claims_afresh(results):
     ledger.Chapter("05_lora", "tiny").expect(True, "the claim as reworded")
     claims = set(ledger.checks_table("tiny").index)
     assert claims == {("05_lora", "the claim as reworded"), ("07_soft_prompts", "another chapter's claim")}
+
+
+def _state_claims(root: str, chapter: str, count: int) -> None:
+    """One chapter's run in a process of its own: `count` claims, each written as soon as stated."""
+    claims = ledger.Chapter(chapter, "tiny", root=root)
+    for index in range(count):
+        claims.expect(True, f"claim {index}")
+
+
+def test_chapters_running_at_once_keep_every_claim(results):
+    # `make test` runs chapters side by side, and each rewrites the profile's checks.json for every
+    # claim: without the lock, one process's rewrite drops what another added in between.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    chapters = [f"{index:02d}_chapter" for index in range(4)]
+    workers = [context.Process(target=_state_claims, args=(str(results), chapter, 40))
+               for chapter in chapters]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * len(workers)
+    claims = set(ledger.checks_table("tiny").index)
+    assert claims == {(chapter, f"claim {index}") for chapter in chapters for index in range(40)}

@@ -110,7 +110,7 @@ def test_ctrl_c_while_the_server_starts_leaves_no_server_running(base, tmp_path,
     assert len(started) == 1 and started[0].poll() is not None     # stopped, not orphaned
 
 
-def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
+def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path, ctrl_c_as_in_a_terminal):
     import select
     import signal
     import subprocess
@@ -126,7 +126,8 @@ def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "ftcourse.cli", "serve", "--adapter",
                                 f"qa={tmp_path / 'qa'}", "--port", str(port),
                                 "--workdir", str(tmp_path / "work")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               **ctrl_c_as_in_a_terminal)
     server = Server(f"http://127.0.0.1:{port}", process, tmp_path / "work" / "server.log")
     printed = []
     try:
@@ -143,8 +144,15 @@ def test_serve_command_answers_for_an_adapter_until_ctrl_c(base, tmp_path):
             generate(adapter, tokenizer, [PROMPTS[0]], max_new_tokens=MAX_TOKENS)[0]
     finally:
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err[-2000:]
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:              # killed, and said so below
+            process.kill()
+            out, err = process.communicate()
+    log = server.log.read_text()[-2000:] if server.log.is_file() else "(no server log)"
+    assert process.returncode == 0, (f"exit code {process.returncode} (-9: still running 30 s after Ctrl-C). "
+                                     f"Printed:\n{''.join(printed)}{out}\nstderr:\n{err[-2000:]}\n"
+                                     f"server log:\n{log}")
     assert f"Serving base, qa at http://127.0.0.1:{port}/v1" in "".join(printed) + out
     with pytest.raises(OSError):                   # and the llama.cpp server stopped with it
         urllib.request.urlopen(f"{server.url}/v1/models", timeout=2)
@@ -196,3 +204,31 @@ def test_llama_cpp_server_alone_answers_malformed_requests_with_a_4xx(base, tmp_
         process.terminate()
         process.wait(10)
     assert 400 <= code < 500
+
+
+# Run in a process of its own: a Ctrl-C that the kernel hands to a thread other than the main one
+# (here sent to one on purpose) sets Python's flag, but a blocking waitpid() in the main thread
+# would not return to see it, and `ftcourse serve` would go on serving after Ctrl-C.
+CTRL_C_ON_ANOTHER_THREAD = """
+import signal, subprocess, sys, threading, time
+from ftcourse.serving import wait_while_running
+server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+idle = threading.Thread(target=time.sleep, args=(120,), daemon=True)   # as a pool's idle thread
+idle.start()
+threading.Timer(1.0, signal.pthread_kill, (idle.ident, signal.SIGINT)).start()
+try:
+    wait_while_running(server)
+except KeyboardInterrupt:
+    print("stopped by Ctrl-C")
+finally:
+    server.kill()
+"""
+
+
+def test_waiting_on_the_server_sees_a_ctrl_c_delivered_to_another_thread(ctrl_c_as_in_a_terminal):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CTRL_C_ON_ANOTHER_THREAD], capture_output=True, text=True,
+                          timeout=60, **ctrl_c_as_in_a_terminal)
+    assert done.stdout.strip() == "stopped by Ctrl-C", done.stderr[-2000:]

@@ -58,16 +58,19 @@ def test_the_oldest_turns_go_when_the_conversation_outgrows_the_model(base):
     assert chat[-1]["content"] == "Answer 5."
 
 
-def run_chat(stdin: str = "", interrupt: bool = False) -> subprocess.CompletedProcess:
+def run_chat(stdin: str = "", ctrl_c: dict | None = None) -> subprocess.CompletedProcess:
+    """`ftcourse chat` given `stdin`; or, with `ctrl_c` (Popen keywords for a terminal's Ctrl-C), sent
+    Ctrl-C while it waits for a line, its input left open so that nothing else can end it."""
     command = [sys.executable, "-m", "ftcourse.cli", "chat", "--max-new-tokens", "8"]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    if interrupt:
+                               text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, **(ctrl_c or {}))
+    if ctrl_c is not None:
         for _ in range(50):                  # progress bars first; then the model waits for a line
             if "Ctrl-D or Ctrl-C ends" in process.stderr.readline():
                 break
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        process.wait(timeout=60)             # before communicate() closes the input: no end of file
+        out, err = process.communicate()
     else:
         out, err = process.communicate(stdin, timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
@@ -82,8 +85,8 @@ def test_ftcourse_chat_answers_piped_lines_and_ends_at_the_end_of_input(base):
     assert "1 answer(s); bye." in done.stderr and "Traceback" not in done.stderr
 
 
-def test_ftcourse_chat_ends_cleanly_on_ctrl_c():
-    done = run_chat(interrupt=True)
+def test_ftcourse_chat_ends_cleanly_on_ctrl_c(ctrl_c_as_in_a_terminal):
+    done = run_chat(ctrl_c=ctrl_c_as_in_a_terminal)
     assert done.returncode == 0, done.stderr
     assert "0 answer(s); bye." in done.stderr and "Traceback" not in done.stderr
 
