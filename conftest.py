@@ -2,8 +2,8 @@
 
 Each notebook that passed is stored, with the outputs nbval received, in a jupyter-cache at
 CACHE_DIR. Jupyter Book in `execute_notebooks: cache` mode finds it there (the cache matches a
-notebook by the hash of its code), so `make test` builds the book from this one execution
-instead of running every notebook a second time. `make book` alone still executes everything.
+notebook by the hash of its code), so `make book` and `make test` (both through `make executed`)
+build the book from this one execution instead of running every notebook a second time.
 `--notebook-times FILE` adds each notebook's execution time (the sum of its cells) to FILE (JSON).
 Both work with pytest-xdist (`make test` runs `-n`): each worker hands the notebooks it executed
 to the controller, which stores them all.

@@ -101,16 +101,25 @@ def _write_json(path: Path, content: Any) -> None:
 def _checks_held(folder: Path) -> Iterator[Path]:
     """`folder`'s checks.json, for this process alone while the block reads and rewrites it:
     chapters that run at the same time (`make test` runs several) would otherwise lose each
-    other's claims. The lock is POSIX's (fcntl); where there is none, chapters run one at a time."""
+    other's claims. POSIX's fcntl lock (tested); on Windows msvcrt's, on the file's first byte
+    (not tried: no Windows machine here)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "checks.lock", "w") as lock:
-        try:
+    with open(folder / "checks.lock", "a+") as lock:
+        if os.name == "nt":
+            import msvcrt
+
+            lock.seek(0)
+            msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK, 1)    # retries for 10 s, then raises
+            try:
+                yield folder / "checks.json"
+            finally:
+                lock.seek(0)
+                msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
             import fcntl
-        except ImportError:                   # Windows
-            fcntl = None
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield folder / "checks.json"
+
+            fcntl.flock(lock, fcntl.LOCK_EX)                    # released when the file closes
+            yield folder / "checks.json"
 
 
 class Chapter:

@@ -109,9 +109,11 @@ def test_a_chapter_run_again_states_its_claims_afresh(results):
     assert claims == {("05_lora", "the claim as reworded"), ("07_soft_prompts", "another chapter's claim")}
 
 
-def _state_claims(root: str, chapter: str, count: int) -> None:
-    """One chapter's run in a process of its own: `count` claims, each written as soon as stated."""
+def _state_claims(root: str, chapter: str, count: int, together) -> None:
+    """One chapter's run in a process of its own: `count` claims, each written as soon as stated,
+    starting when every chapter is ready (`together`, a barrier), so that their writes overlap."""
     claims = ledger.Chapter(chapter, "tiny", root=root)
+    together.wait()
     for index in range(count):
         claims.expect(True, f"claim {index}")
 
@@ -123,7 +125,8 @@ def test_chapters_running_at_once_keep_every_claim(results):
 
     context = multiprocessing.get_context("spawn")
     chapters = [f"{index:02d}_chapter" for index in range(4)]
-    workers = [context.Process(target=_state_claims, args=(str(results), chapter, 40))
+    together = context.Barrier(len(chapters))
+    workers = [context.Process(target=_state_claims, args=(str(results), chapter, 100, together))
                for chapter in chapters]
     for worker in workers:
         worker.start()
@@ -131,4 +134,4 @@ def test_chapters_running_at_once_keep_every_claim(results):
         worker.join(timeout=120)
     assert [worker.exitcode for worker in workers] == [0] * len(workers)
     claims = set(ledger.checks_table("tiny").index)
-    assert claims == {(chapter, f"claim {index}") for chapter in chapters for index in range(40)}
+    assert claims == {(chapter, f"claim {index}") for chapter in chapters for index in range(100)}
