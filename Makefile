@@ -74,7 +74,8 @@ serve:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# Re-measure each notebook's run time for the instructors' guide (book/_timings.md).
+# Re-measure each notebook's run time alone, as a learner runs it, then the whole book as make book
+# runs it (side by side), for the instructors' guide (book/_timings.md); about 9 minutes on 2 cores.
 timings: $(STAMP)
 	$(BIN)/python benchmarks/notebook_times.py --measure
 
