@@ -102,7 +102,7 @@ equivalence: $(STAMP)
 # dataset's columns, float32 (tests/run_hub.sh). Claims calibrated on the tiny model are shown
 # and recorded there (in _build/hub/results), not asserted; equality with the libraries is asserted.
 test-hub: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH PYTEST_WORKERS=auto bash tests/run_hub.sh _build/hub
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTEST_WORKERS=auto OMP_NUM_THREADS=1 bash tests/run_hub.sh _build/hub
 
 # The book reuses what nbval executed (make executed), so each notebook runs once per test.
 # The notebooks' times are shown beside the instructors' guide's, never checked: time is no test

@@ -60,9 +60,10 @@ def pytest_testnodedown(node, error):
 def pytest_sessionfinish(session, exitstatus):
     import nbformat
 
-    executed = {path: nbformat.writes(notebook.nb) for path, notebook in _ran_here.items()}
+    cache_dir = session.config.getoption("keep_executed") if exitstatus == 0 else None
+    executed = {path: nbformat.writes(ran.nb) for path, ran in _ran_here.items()} if cache_dir else {}
     if hasattr(session.config, "workerinput"):          # an xdist worker: hand them to the controller
-        session.config.workeroutput["executed_notebooks"] = executed if exitstatus == 0 else {}
+        session.config.workeroutput["executed_notebooks"] = executed
         return
     _executed.update(executed)
     times_file = session.config.getoption("notebook_times")
@@ -72,8 +73,7 @@ def pytest_sessionfinish(session, exitstatus):
         times |= {notebook: round(seconds, 1) for notebook, seconds in _seconds_per_notebook.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dict(sorted(times.items())), indent=1))
-    cache_dir = session.config.getoption("keep_executed")
-    if not cache_dir or exitstatus != 0:
+    if not cache_dir:
         return
     from jupyter_cache import get_cache
 

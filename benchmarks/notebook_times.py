@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +77,30 @@ LAB_PLAN = ROOT / "book" / "instructors.md"
 LAB_ROW = re.compile(r"(\| \{doc\}`\.\./notebooks/(?P<stem>[\w-]+)` \| )(?P<minutes>\d+)( min \|)")
 
 
+@contextmanager
+def fresh_results() -> Iterator[dict[str, str]]:
+    """The environment of a run on the tiny profile with a new results folder, so that no run
+    stored by an earlier measurement is loaded."""
+    with tempfile.TemporaryDirectory() as results:
+        yield {**os.environ, "FTCOURSE_PROFILE": "tiny", "FTCOURSE_RESULTS": results}
+
+
 def measure() -> dict[str, float]:
-    """Run every chapter notebook under nbval (as `make test` does) and return seconds per notebook."""
+    """Run every chapter notebook alone under nbval, one after another, and return seconds per notebook."""
     times_file = ROOT / "_build" / "notebook_times.json"
+    times_file.unlink(missing_ok=True)          # pytest --notebook-times adds to the file it finds
     notebooks = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "notebooks").glob("*.ipynb"))
     notebooks += sorted(str(path.relative_to(ROOT)) for path in (ROOT / "book").glob("*.ipynb"))
-    with tempfile.TemporaryDirectory() as results:   # no run stored by an earlier measurement is loaded
-        env = {**os.environ, "FTCOURSE_PROFILE": "tiny", "FTCOURSE_RESULTS": results}
+    with fresh_results() as env:
         subprocess.run([sys.executable, "-m", "pytest", *notebooks, "-q", "--notebook-times",
                         str(times_file)], cwd=ROOT, env=env, check=True)
     return json.loads(times_file.read_text())
 
 
 def measure_book() -> float:
-    """Run the whole book as `make book` does (`make executed`: side by side, every claim checked),
-    with no run stored by an earlier measurement, and return its wall-clock seconds."""
-    with tempfile.TemporaryDirectory() as results:
-        env = {**os.environ, "FTCOURSE_PROFILE": "tiny", "FTCOURSE_RESULTS": results}
+    """Run the whole book as `make book` does (`make executed`: side by side, every claim checked)
+    and return its wall-clock seconds."""
+    with fresh_results() as env:
         began = time.perf_counter()
         subprocess.run(["make", "executed"], cwd=ROOT, env=env, check=True)
         return time.perf_counter() - began
