@@ -54,7 +54,8 @@ CLAIMS: dict[str, Claim] = {
     "qlora-matches-lora": Claim("QLoRA (LoRA on a 4-bit base) matches LoRA's quality", "06_qlora"),
     "qlora-65b": Claim("QLoRA fine-tunes a 65B model on a single GPU", "04_full_vs_peft"),
     "lora-recipe": Claim("Start with r=8, lora_alpha=16 and 3 epochs", "05_lora"),
-    "lora-adapters-swap": Claim("LoRA adapters are MBs, not GBs, and swap on a single base model", "05_lora"),
+    "lora-adapters-swap": Claim("LoRA adapters are MBs, not GBs, and swap on a single base model",
+                                 "05b_lora_in_practice"),
     "soft-prompt-size": Claim("Soft prompts train only thousands of parameters (vs millions for LoRA), "
                               "in KB-sized files", "07_soft_prompts"),
     "soft-prompt-tasks": Claim("Soft prompts are fine for simple classification, limited for complex "

@@ -73,6 +73,39 @@ def count_full_matrices(config: dict, targets: tuple[str, ...], r: int) -> int:
                                              if name in targets)
 
 
+# ---------------------------------------------------------------- 05b LoRA in practice
+
+
+def targets_by_ending(names: list[str], targets: tuple[str, ...]) -> list[str]:
+    return [name for name in names if any(name.endswith(target) for target in targets)]
+
+
+def targets_by_last_part(names: list[str], targets: tuple[str, ...]) -> list[str]:
+    return [name for name in names if name.split(".")[-1] in targets]
+
+
+def targets_after_a_dot(names: list[str], targets: tuple[str, ...]) -> list[str]:
+    return [name for name in names if any(name.endswith("." + target) for target in targets)]
+
+
+def targets_by_target(names: list[str], targets: tuple[str, ...]) -> list[str]:
+    return [name for target in targets for name in names if name == target or name.endswith("." + target)]
+
+
+def _rank_cost(config: dict, targets: tuple[str, ...]) -> int:
+    from ftcourse.params import linear_shapes
+    shapes = linear_shapes(config)
+    return config["num_hidden_layers"] * sum(sum(shapes[name]) for name in targets)
+
+
+def rank_rounded(config: dict, targets: tuple[str, ...], budget: int) -> int:
+    return round(budget / _rank_cost(config, targets))
+
+
+def rank_one_layer(config: dict, targets: tuple[str, ...], budget: int) -> int:
+    return budget // (_rank_cost(config, targets) // config["num_hidden_layers"])
+
+
 # ---------------------------------------------------------------- 06 QLoRA
 
 
@@ -278,6 +311,12 @@ PLANTED: dict[str, list[tuple[Callable, str]]] = {
     "lora_parameter_count": [(count_one_layer, "counted one transformer layer"),
                              (count_ignoring_gqa, "grouped-query attention"),
                              (count_full_matrices, "r * (d_in + d_out)")],
+    "lora_target_names": [(targets_by_ending, "only end in the target's letters"),
+                          (targets_by_last_part, "compared only the last part"),
+                          (targets_after_a_dot, "'lm_head' has no dot before it"),
+                          (targets_by_target, "in the order of `names`")],
+    "rank_for_budget": [(rank_rounded, "round down"),
+                        (rank_one_layer, "counted one transformer layer")],
     "nf4_block_indices": [(indices_by_max, "absolute maximum"),
                           (indices_evenly_spaced, "not evenly spaced"),
                           (indices_as_values, "returned the code values"),

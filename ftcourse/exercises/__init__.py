@@ -11,6 +11,7 @@ from ftcourse.exercises import (  # noqa: F401  (importing a module registers it
     evaluation,
     ledger,
     lora,
+    lora_practice,
     memory,
     preferences,
     production,
