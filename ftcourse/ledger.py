@@ -42,7 +42,7 @@ CLAIMS: dict[str, Claim] = {
     "ffn-two-thirds": Claim("The FFN holds roughly two-thirds of a transformer's parameters",
                             "01_transformer_internals"),
     "sft-rlhf": Claim("Typical pipeline: base model, then SFT, then RLHF, where the model learns to prefer "
-                      "the outputs humans rank higher", "03_rlhf_preferences"),
+                      "the outputs humans rank higher", "03b_rl_from_feedback"),
     "instruction-lora-independent": Claim("Instruction tuning (the data) and LoRA (the method) are "
                                           "independent choices", "02_sft_instruction_tuning"),
     "full-ft-7b-memory": Claim("Full fine-tuning of a 7B model needs 100+ GB of VRAM", "04_full_vs_peft"),

@@ -152,6 +152,20 @@ def advantages_without_eps(rewards: Tensor, eps: float = 1e-4) -> Tensor:
     return (rewards - rewards.mean(1, keepdim=True)) / rewards.std(1, keepdim=True)
 
 
+def kl_reversed(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    d = logps - ref_logps
+    return torch.exp(d) - d - 1
+
+
+def kl_plain_log_ratio(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    return logps - ref_logps
+
+
+def kl_without_minus_one(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    d = ref_logps - logps
+    return torch.exp(d) - d
+
+
 # ---------------------------------------------------------------- 04 full vs PEFT
 
 
@@ -208,6 +222,9 @@ PLANTED: dict[str, list[tuple[Callable, str]]] = {
                           (reward_loss_unstable, "logsigmoid")],
     "dpo_batch_loss": [(dpo_without_reference, "reference"),
                        (dpo_beta_outside, "inside the sigmoid")],
+    "kl_per_token": [(kl_reversed, "d = log pi - log ref"),
+                     (kl_plain_log_ratio, "'k1'"),
+                     (kl_without_minus_one, "left out the - 1")],
     "grpo_advantages": [(advantages_over_batch, "each prompt's group"),
                         (advantages_without_eps, "eps")],
     "training_bytes_per_parameter": [(bytes_without_master_copy, "master copy of each weight"),

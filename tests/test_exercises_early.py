@@ -145,7 +145,9 @@ def memory_finding(seq_lens=(512, 2048, 8192, 32768)) -> dict:
 
 FACT = {"people": 30, "recall_pretraining_wordings": [1.0, 1.0], "recall_new_wordings": [0.0, 9 / 30],
         "conclusion": CONCLUSION}
-FINDINGS = {"fact_or_sentence": lambda: FACT, "kv_heads_ffn_share": kv_heads_finding,
+REWARD_PAIRS = {"pairs": [16, 64, 256], "accuracy": [0.62, 0.75, 0.87], "conclusion": CONCLUSION}
+FINDINGS = {"fact_or_sentence": lambda: FACT, "reward_model_data": lambda: REWARD_PAIRS,
+            "kv_heads_ffn_share": kv_heads_finding,
             "padding_waste": padding_finding, "grpo_group_size": grpo_finding,
             "checkpointing_memory": memory_finding}
 
@@ -179,6 +181,8 @@ def test_finding_of_the_wrong_form_lists_every_problem(name, recorded):
     ("kv_heads_ffn_share", {"kv_heads": [1, 4, 4, 32]}, r"kv_heads \[1, 4, 4, 32\] repeat a setting"),
     ("padding_waste", {"padding_percent": [5.0, 10.0, 20.0, 30.0]}, "batch size 1 is 5.0, but a batch"),
     ("padding_waste", {"batch_sizes": [1, 2, 4]}, "padding_percent has 4 values for 3 batch sizes"),
+    ("reward_model_data", {"pairs": [16, 64]}, "accuracy has 3 values for 2 sizes"),
+    ("reward_model_data", {"pairs": [16, 16, 256]}, r"pairs \[16, 16, 256\] repeat a size"),
     ("grpo_group_size", {"p": 0.9}, r"wasted_percent for group sizes \[2, 4, 8, 16\] is far from"),
     ("grpo_group_size", {"group_sizes": [2, 4, 4, 16]}, r"group_sizes \[2, 4, 4, 16\] repeat a group size"),
     ("checkpointing_memory", {"peak_gb": [1.0, 2.0, 3.0]}, "peak_gb has 3 values for 4 sequence lengths"),

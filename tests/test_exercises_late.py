@@ -1,6 +1,7 @@
-"""Predict-then-run and open experiments of chapters 06-10: each notebook cell's measurement, made
-with the package as the cell makes it, lands in its prediction's form; a filled-in answer passes; a
-malformed one fails with every problem listed, and each consistency check names what it caught."""
+"""Predict-then-run and open experiments of chapters 03b, 05b and 06-10: each notebook cell's
+measurement, made with the package as the cell makes it, lands in its prediction's form; a filled-in
+answer passes; a malformed one fails with every problem listed, and each consistency check names
+what it caught."""
 
 import copy
 from pathlib import Path
@@ -14,15 +15,19 @@ from ftcourse.data import load_task
 from ftcourse.data.files import split_rows
 from ftcourse.evaluate import score_task
 from ftcourse.exercises import EXERCISES, ExerciseFailed, check_finding, check_prediction
+from ftcourse.lora import LoRA
 from ftcourse.memory import Setup, footprint_of_config
-from ftcourse.params import REAL_MODELS
+from ftcourse.params import REAL_MODELS, count_lora_parameters
 from ftcourse.prompts import PrefixTuning, PromptTuning
 from ftcourse.retrieval import few_shot_prompt
+from ftcourse.rl import group_advantages
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 CONCLUSION = "a conclusion of more than forty characters, defended in class"
-LATE = {"06_qlora": ("nf4_uniform_weights", "quant_block_size"),
+LATE = {"03b_rl_from_feedback": ("grpo_easy_prompt_wasted", "grpo_group_size"),
+        "05b_lora_in_practice": ("ffn_to_qv_parameters", "adapter_swap_time"),
+        "06_qlora": ("nf4_uniform_weights", "quant_block_size"),
         "07_soft_prompts": ("soft_prompt_text_init", "soft_prompt_drift"),
         "08_evaluation": ("zero_shot_format", "rag_passages"),
         "09_claims_ledger": ("prefix_tuning_at_scale", "claim_at_scale"),
@@ -84,7 +89,20 @@ def row_split_leak() -> float:
     return 100 * sum(row["instruction"] in trained_on for row in splits["test"]) / len(splits["test"])
 
 
-MEASURE = {"nf4_uniform_weights": lambda base: uniform_errors(),
+def ffn_to_qv() -> float:
+    llama = REAL_MODELS["Llama-2-7B"]
+    return (count_lora_parameters(llama, LoRA(r=8, targets=("gate_proj", "up_proj", "down_proj")))
+            / count_lora_parameters(llama, LoRA(r=8, targets=("q_proj", "v_proj"))))
+
+
+def easy_prompt_wasted() -> float:
+    rewards = torch.bernoulli(torch.full((10_000, 8), 0.9), generator=torch.Generator().manual_seed(0))
+    return 100 * (group_advantages(rewards) == 0).all(dim=1).float().mean().item()
+
+
+MEASURE = {"grpo_easy_prompt_wasted": lambda base: easy_prompt_wasted(),
+           "ffn_to_qv_parameters": lambda base: ffn_to_qv(),
+           "nf4_uniform_weights": lambda base: uniform_errors(),
            "soft_prompt_text_init": text_init_change,
            "zero_shot_format": zero_shot_exact_match,
            "prefix_tuning_at_scale": lambda base: prefix_millions(),
@@ -118,6 +136,8 @@ def test_the_choices_follow_the_measurement():
 
 
 @pytest.mark.parametrize("name, wrong, form", [
+    ("grpo_easy_prompt_wasted", 143, r"a number in \[0, 100\] \(%\)"),
+    ("ffn_to_qv_parameters", "2.8x", r"a number >= 0"),
     ("nf4_uniform_weights", "NF4", r"one of 'int4', 'fp4', 'nf4'"),
     ("soft_prompt_text_init", True, r"one of 'the same', 'different'"),
     ("zero_shot_format", "80%", r"a number in \[0, 100\] \(%\)"),
@@ -138,6 +158,8 @@ def measured_bits(blocksize: int, double_quant: bool) -> float:
 
 
 RIGHT = {
+    "adapter_swap_time": {"ranks": [2, 8, 64], "swap_ms": [1.1, 1.2, 2.0], "load_base_ms": 35.0,
+                          "conclusion": CONCLUSION},
     "quant_block_size": {"blocksizes": [16, 64, 1000, 8192], "errors": [0.0065, 0.0085, 0.012, 0.015],
                          "bits_per_weight": [measured_bits(16, False), measured_bits(64, True),
                                              measured_bits(1000, False), measured_bits(8192, True)],
@@ -163,6 +185,10 @@ def test_a_finding_of_the_right_form_passes(name, recorded, capsys):
 
 
 MALFORMED = {
+    "adapter_swap_time": ({"ranks": [8], "swap_ms": ["1 ms"], "load_base_ms": -3, "conclusion": CONCLUSION},
+                          ["ranks must be a list of at least 2 int >= 1, got [8]",
+                           "swap_ms must be a list of at least 2 float >= 0, got ['1 ms']",
+                           "load_base_ms must be a float >= 0, got -3"]),
     "quant_block_size": ({"blocksizes": [64, 256], "errors": "0.008", "bits_per_weight": [0.56, 0.52, 0.5],
                           "conclusion": "smaller"},
                          ["blocksizes must be a list of at least 3 int >= 2, got [64, 256]",
@@ -202,6 +228,8 @@ def test_a_malformed_finding_lists_every_problem(name, recorded):
 
 
 INCONSISTENT = [
+    ("adapter_swap_time", {"swap_ms": [1.1, 1.2]}, "swap_ms has 2 values for 3 ranks"),
+    ("adapter_swap_time", {"ranks": [2, 8, 8]}, r"ranks \[2, 8, 8\] repeat a rank"),
     ("quant_block_size", {"errors": [0.0065, 0.0085, 0.012]}, "errors has 3 values for 4 block sizes"),
     ("quant_block_size", {"blocksizes": [16, 64, 1000, 1000]},
      r"blocksizes \[16, 64, 1000, 1000\] repeat a block size"),

@@ -1,8 +1,11 @@
-"""Exercises for learning from preferences: the reward model's loss, DPO's loss, GRPO's advantages;
-predicting DPO's first loss; an open experiment on GRPO's group size and the groups that teach nothing.
+"""Exercises for learning from preferences. Chapter 3: the reward model's loss, DPO's loss,
+predicting DPO's first loss, an open experiment on how many pairs a reward model needs. Chapter 3b:
+GRPO's advantages, the KL estimate per token, predicting how many groups of an easy prompt teach
+nothing, an open experiment on GRPO's group size.
 
 The oracles are the package's own: `ftcourse.reward.bradley_terry_loss`, `ftcourse.dpo.dpo_loss`
-(tested equal to TRL's DPOTrainer) and `ftcourse.rl.group_advantages` (as TRL's GRPOTrainer).
+(tested equal to TRL's DPOTrainer), `ftcourse.rl.group_advantages` and `ftcourse.rl.kl_k3` (as
+TRL's GRPOTrainer).
 Shapes: B pairs; P prompts with G sampled answers each.
 """
 
@@ -18,7 +21,7 @@ from ftcourse.dpo import dpo_loss
 from ftcourse.exercises.core import ExerciseFailed, exercise, expect_close
 from ftcourse.exercises.kinds import Field, Number, experiment, one_value_per, predict
 from ftcourse.reward import bradley_terry_loss
-from ftcourse.rl import group_advantages
+from ftcourse.rl import group_advantages, kl_k3
 
 
 def reward_model_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
@@ -109,7 +112,7 @@ def grpo_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
     return (rewards - mean) / (std + eps)
 
 
-@exercise(chapter="03_rlhf_preferences", solution=grpo_advantages,
+@exercise(chapter="03b_rl_from_feedback", solution=grpo_advantages,
           task="Given rewards (P, G), G answers per prompt, return (r - mean) / (std + eps) with the "
                "mean and the (unbiased) std taken within each prompt's group.")
 def check_grpo_advantages(answer: Callable[..., Tensor]) -> None:
@@ -138,6 +141,39 @@ def check_grpo_advantages(answer: Callable[..., Tensor]) -> None:
     expect_close(got, group_advantages(binary, eps=1e-4), "grpo_advantages on 0/1 rewards", atol=1e-10)
 
 
+def kl_per_token(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """Each sampled token's estimate of KL(pi || ref): exp(d) - d - 1 with d = log ref - log pi.
+
+    Averaged over tokens that pi sampled it is unbiased, and unlike -d it is never negative, so
+    the penalty never rewards a token (Schulman's "k3"; GRPO and TRL use it).
+    """
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+@exercise(chapter="03b_rl_from_feedback", solution=kl_per_token,
+          task="Given per-token log-probs under the policy and the reference, return each token's estimate "
+               "exp(d) - d - 1 of KL(pi || ref), with d = log ref - log pi.")
+def check_kl_per_token(answer: Callable[..., Tensor]) -> None:
+    """Compare with `kl_k3` on log-probs of sampled tokens, some equal under both models."""
+    generator = torch.Generator().manual_seed(0)
+    logps = -torch.rand(3, 5, generator=generator, dtype=torch.float64) * 4
+    ref_logps = logps + torch.randn(3, 5, generator=generator, dtype=torch.float64) * 0.5
+    ref_logps[0] = logps[0]                          # where the two agree the estimate is 0
+    d = ref_logps - logps
+    hints = {
+        "you took d = log pi - log ref; the estimate uses d = log ref - log pi (exp(d) - d - 1).":
+            torch.exp(-d) + d - 1,
+        "you returned log pi - log ref (the plain estimate, 'k1'): it is unbiased but can be negative; "
+        "use exp(d) - d - 1.": -d,
+        "you left out the - 1: exp(d) - d is 1 where the two models agree; the estimate must be 0 there.":
+            torch.exp(d) - d,
+        "you returned d^2 / 2 ('k2', biased); use exp(d) - d - 1.": d**2 / 2,
+    }
+    expect_close(answer(logps.clone(), ref_logps.clone()), kl_k3(logps, ref_logps),
+                 "kl_per_token on log-probs (3, 5)", atol=1e-10, hints=hints)
+
+
 # ---------------------------------------------------------------- predict, then run; an open experiment
 
 predict("dpo_first_loss", chapter="03_rlhf_preferences",
@@ -158,7 +194,24 @@ def _wasted_share_fits_p(finding: dict) -> str | None:
             "percentage of the groups, with enough groups (a thousand)") if far else None
 
 
-experiment("grpo_group_size", chapter="03_rlhf_preferences",
+predict("grpo_easy_prompt_wasted", chapter="03b_rl_from_feedback",
+        question="GRPO samples groups of 8 answers, rewarded 1 if right and 0 if not, for a question the "
+                 "policy already answers right with probability 0.9. What percentage of its groups teach "
+                 "nothing (every answer got the same reward)?",
+        form=Number(rel=0.25, low=0, high=100, unit="%"))
+
+
+experiment("reward_model_data", chapter="03_rlhf_preferences",
+           question="How many preference pairs does a reward model need? Train reward models on two sizes of "
+                    "the training pairs or more, measure each one's held-out pairwise accuracy (the share of "
+                    "held-out pairs whose chosen answer it scores higher), and say what you see.",
+           fields={"pairs": Field(list, item=int, low=1, min_len=2),
+                   "accuracy": Field(list, item=float, low=0, high=1, min_len=2),
+                   "conclusion": Field(str, min_len=20)},
+           checks=(one_value_per("pairs", ["accuracy"], "size", "sizes"),))
+
+
+experiment("grpo_group_size", chapter="03b_rl_from_feedback",
            question="GRPO learns nothing from a group whose answers all get the same reward. For a question "
                     "the policy answers right with probability p, how does the share of such groups depend "
                     "on the group size G? Simulate 0/1 rewards for many groups at your p and three group "
