@@ -211,6 +211,25 @@ def prefix_tokens_before_heads(prefix: Tensor, num_layers: int, num_heads: int, 
     return [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in rows]
 
 
+# ---------------------------------------------------------------- 07b adapters and IA3
+
+
+def ia3_output_always(x: Tensor, W: Tensor, scale: Tensor, feedforward: bool) -> Tensor:
+    return (x @ W.T) * scale
+
+
+def ia3_adding(x: Tensor, W: Tensor, scale: Tensor, feedforward: bool) -> Tensor:
+    return (x + scale) @ W.T if feedforward else x @ W.T + scale
+
+
+def adapter_without_residual(h: Tensor, down_W: Tensor, down_b: Tensor, up_W: Tensor, up_b: Tensor) -> Tensor:
+    return torch.nn.functional.silu(h @ down_W.T + down_b) @ up_W.T + up_b
+
+
+def adapter_with_relu(h: Tensor, down_W: Tensor, down_b: Tensor, up_W: Tensor, up_b: Tensor) -> Tensor:
+    return h + torch.relu(h @ down_W.T + down_b) @ up_W.T + up_b
+
+
 # ---------------------------------------------------------------- 08 evaluation
 
 
@@ -301,6 +320,9 @@ def overlap_count(test_text: str, train_texts: list[str], n: int) -> float:
 
 
 PLANTED: dict[str, list[tuple[Callable, str]]] = {
+    "ia3_forward": [(ia3_output_always, "scales its input"), (ia3_adding, "IA3 multiplies")],
+    "bottleneck_adapter": [(adapter_without_residual, "add h, the residual"),
+                           (adapter_with_relu, "used ReLU")],
     "lora_forward": [(forward_without_scaling, "forgot the scaling"),
                      (forward_r_over_alpha, "r / alpha"),
                      (forward_update_transposed, "x @ A.T @ B.T"),

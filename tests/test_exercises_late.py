@@ -1,4 +1,4 @@
-"""Predict-then-run and open experiments of chapters 03b, 05b and 06-10: each notebook cell's
+"""Predict-then-run and open experiments of chapters 03b, 05b, 07b and 06-10: each notebook cell's
 measurement, made with the package as the cell makes it, lands in its prediction's form; a filled-in
 answer passes; a malformed one fails with every problem listed, and each consistency check names
 what it caught."""
@@ -17,7 +17,7 @@ from ftcourse.evaluate import score_task
 from ftcourse.exercises import EXERCISES, ExerciseFailed, check_finding, check_prediction
 from ftcourse.lora import LoRA
 from ftcourse.memory import Setup, footprint_of_config
-from ftcourse.params import REAL_MODELS, count_lora_parameters
+from ftcourse.params import REAL_MODELS, count_lora_parameters, linear_shapes
 from ftcourse.prompts import PrefixTuning, PromptTuning
 from ftcourse.retrieval import few_shot_prompt
 from ftcourse.rl import group_advantages
@@ -29,6 +29,7 @@ LATE = {"03b_rl_from_feedback": ("grpo_easy_prompt_wasted", "grpo_group_size"),
         "05b_lora_in_practice": ("ffn_to_qv_parameters", "adapter_swap_time"),
         "06_qlora": ("nf4_uniform_weights", "quant_block_size"),
         "07_soft_prompts": ("soft_prompt_text_init", "soft_prompt_drift"),
+        "07b_adapters_ia3": ("ia3_parameters_7b", "adapter_bottleneck"),
         "08_evaluation": ("zero_shot_format", "rag_passages"),
         "09_claims_ledger": ("prefix_tuning_at_scale", "claim_at_scale"),
         "10_production": ("row_split_leak", "generation_latency")}
@@ -100,7 +101,15 @@ def easy_prompt_wasted() -> float:
     return 100 * (group_advantages(rewards) == 0).all(dim=1).float().mean().item()
 
 
-MEASURE = {"grpo_easy_prompt_wasted": lambda base: easy_prompt_wasted(),
+def ia3_thousands() -> float:
+    llama = REAL_MODELS["Llama-2-7B"]
+    shapes = linear_shapes(llama)
+    per_layer = shapes["k_proj"][1] + shapes["v_proj"][1] + shapes["down_proj"][0]
+    return llama["num_hidden_layers"] * per_layer / 1000
+
+
+MEASURE = {"ia3_parameters_7b": lambda base: ia3_thousands(),
+           "grpo_easy_prompt_wasted": lambda base: easy_prompt_wasted(),
            "ffn_to_qv_parameters": lambda base: ffn_to_qv(),
            "nf4_uniform_weights": lambda base: uniform_errors(),
            "soft_prompt_text_init": text_init_change,
@@ -136,6 +145,7 @@ def test_the_choices_follow_the_measurement():
 
 
 @pytest.mark.parametrize("name, wrong, form", [
+    ("ia3_parameters_7b", "614k", r"a number >= 0 \(thousand\)"),
     ("grpo_easy_prompt_wasted", 143, r"a number in \[0, 100\] \(%\)"),
     ("ffn_to_qv_parameters", "2.8x", r"a number >= 0"),
     ("nf4_uniform_weights", "NF4", r"one of 'int4', 'fp4', 'nf4'"),
@@ -158,6 +168,8 @@ def measured_bits(blocksize: int, double_quant: bool) -> float:
 
 
 RIGHT = {
+    "adapter_bottleneck": {"reduction_factors": [4, 16, 64], "trainable": [66560, 17472, 5184],
+                           "accuracy": [0.97, 0.95, 0.81], "conclusion": CONCLUSION},
     "adapter_swap_time": {"ranks": [2, 8, 64], "swap_ms": [1.1, 1.2, 2.0], "load_base_ms": 35.0,
                           "conclusion": CONCLUSION},
     "quant_block_size": {"blocksizes": [16, 64, 1000, 8192], "errors": [0.0065, 0.0085, 0.012, 0.015],
@@ -185,6 +197,10 @@ def test_a_finding_of_the_right_form_passes(name, recorded, capsys):
 
 
 MALFORMED = {
+    "adapter_bottleneck": ({"reduction_factors": [16, 64], "trainable": [17472.5, 5184],
+                            "accuracy": [95, 81], "conclusion": CONCLUSION},
+                           ["trainable must be a list of at least 2 int >= 1, got [17472.5, 5184]",
+                            "accuracy must be a list of at least 2 float in [0, 1], got [95, 81]"]),
     "adapter_swap_time": ({"ranks": [8], "swap_ms": ["1 ms"], "load_base_ms": -3, "conclusion": CONCLUSION},
                           ["ranks must be a list of at least 2 int >= 1, got [8]",
                            "swap_ms must be a list of at least 2 float >= 0, got ['1 ms']",
@@ -228,6 +244,7 @@ def test_a_malformed_finding_lists_every_problem(name, recorded):
 
 
 INCONSISTENT = [
+    ("adapter_bottleneck", {"accuracy": [0.97, 0.95]}, "accuracy has 2 values for 3 reduction factors"),
     ("adapter_swap_time", {"swap_ms": [1.1, 1.2]}, "swap_ms has 2 values for 3 ranks"),
     ("adapter_swap_time", {"ranks": [2, 8, 8]}, r"ranks \[2, 8, 8\] repeat a rank"),
     ("quant_block_size", {"errors": [0.0065, 0.0085, 0.012]}, "errors has 3 values for 4 block sizes"),

@@ -8,6 +8,7 @@ on opt-in (`reveal=True` or FTCOURSE_SOLUTIONS=show). Predict-then-run:
 """
 
 from ftcourse.exercises import (  # noqa: F401  (importing a module registers its exercises)
+    adapters,
     evaluation,
     ledger,
     lora,
