@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from ftcourse.chat import tokenize_pair
 from ftcourse.data.checks import require_fields
 from ftcourse.lora import adapters_disabled, lora_layers
 from ftcourse.memory import plan_run
+from ftcourse.run_store import trained_or_loaded
 from ftcourse.train import TrainConfig, TrainResult, train
 
 
@@ -98,17 +100,25 @@ def tokenize_pairs(tokenizer: Any, pairs: Any, max_len: int | None = None) -> li
 
 
 def train_dpo(policy: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig, dpo: DPO = DPO(), *,
-              reference: nn.Module | None = None, progress: bool = True) -> TrainResult:
+              reference: nn.Module | None = None, progress: bool = True,
+              reuse: str | Path | None = None) -> TrainResult:
     """Train `policy` with DPO on preference pairs. Without a `reference`, a LoRA policy uses
-    itself with adapters off, any other policy a frozen copy of itself taken now."""
+    itself with adapters off, any other policy a frozen copy of itself taken now.
+
+    With `reuse` (a folder of finished runs, `Chapter.runs`), the same run stored there is loaded
+    instead of trained, and a new one is stored (`ftcourse.run_store`); not with a `reference`.
+    """
+    if reuse is not None and reference is not None:
+        raise ValueError("train_dpo(reuse=...) cannot reuse a run with a reference of your own (its "
+                         "weights are not part of the stored run's key); pass one or the other.")
     if reference is None and not lora_layers(policy):
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     examples = tokenize_pairs(tokenizer, pairs, max_positions(policy))
     plan_run(policy, examples, config, rows_per_example=2)     # a chosen and a rejected row each
-    return train(policy, examples, config,
-                 loss_fn=dpo_loss_fn(reference, dpo.beta),
-                 collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
-                 description="dpo")
+    run = partial(train, policy, examples, config, loss_fn=dpo_loss_fn(reference, dpo.beta),
+                  collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
+                  description="dpo")
+    return run() if reuse is None else trained_or_loaded(reuse, policy, examples, config, run, loss=repr(dpo))
 
 
 def pair_logprobs(model: nn.Module, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from ftcourse.dpo import tokenize_pairs
 from ftcourse.evaluate import mentions_answer
 from ftcourse.generate import generate
 from ftcourse.memory import plan_run
+from ftcourse.run_store import trained_or_loaded
 from ftcourse.train import TrainConfig, TrainResult, train
 
 
@@ -78,16 +80,19 @@ def reward_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Ten
 
 
 def train_reward_model(lm: nn.Module, tokenizer: Any, pairs: Any, config: TrainConfig, *,
-                       progress: bool = True) -> tuple[RewardModel, TrainResult]:
-    """A reward model initialised from `lm` and trained on preference pairs."""
+                       progress: bool = True,
+                       reuse: str | Path | None = None) -> tuple[RewardModel, TrainResult]:
+    """A reward model initialised from `lm` and trained on preference pairs; with `reuse` (a folder
+    of finished runs, `Chapter.runs`), loaded from there when the same run is stored."""
     model = RewardModel.from_causal_lm(lm, seed=config.seed)
     examples = tokenize_pairs(tokenizer, pairs, max_positions(lm))
     # Counted as full fine-tuning of `lm`: an upper bound, since a score head has no vocabulary logits.
     plan_run(lm, examples, config, rows_per_example=2)
-    result = train(model, examples, config, loss_fn=reward_loss,
-                   collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
-                   description="reward model")
-    return model, result
+    run = partial(train, model, examples, config, loss_fn=reward_loss,
+                  collate=partial(pad_pairs, pad_id=tokenizer.pad_token_id), progress=progress,
+                  description="reward model")
+    return model, run() if reuse is None else trained_or_loaded(reuse, model, examples, config, run,
+                                                                 loss="Bradley-Terry, on a reward model")
 
 
 def reward_margins(model: RewardModel, tokenizer: Any, pairs: Any, batch_size: int = 32) -> np.ndarray:

@@ -42,10 +42,12 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def run_key(model: nn.Module, examples: Sequence[dict[str, Any]], config: TrainConfig) -> str:
+def run_key(model: nn.Module, examples: Sequence[dict[str, Any]], config: TrainConfig, loss: str = "") -> str:
     """The hex key of a run: the model's tensors, trainable flags and modules, the examples, the
-    config and the code, hashed together."""
+    config, the loss (named in `loss` when it is not the language model's own: DPO and its beta,
+    the reward model's) and the code, hashed together."""
     digest = hashlib.sha256(code_digest().encode())
+    digest.update(f"loss: {loss}".encode())
     digest.update(repr(model).encode())
     trains = {name: p.requires_grad for name, p in model.named_parameters(remove_duplicate=False)}
     for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
@@ -58,17 +60,19 @@ def run_key(model: nn.Module, examples: Sequence[dict[str, Any]], config: TrainC
 
 
 def trained_or_loaded(folder: str | Path, model: nn.Module, examples: Sequence[dict[str, Any]],
-                      config: TrainConfig, train_run: Callable[[], TrainResult]) -> TrainResult:
+                      config: TrainConfig, train_run: Callable[[], TrainResult],
+                      loss: str = "") -> TrainResult:
     """The run stored under its key in `folder`, loaded into `model`; else `train_run()`, stored.
 
     `train_run` trains `model` in place on `examples` with `config` (the loop, with its loss and
-    batching fixed by the caller). Runs on several processes are not stored.
+    batching fixed by the caller; `loss` names that loss when it is not the language model's own,
+    so that runs differing only in it get different keys). Runs on several processes are not stored.
     """
     from safetensors.torch import load_file, save_file
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return train_run()
-    key = run_key(model, examples, config)
+    key = run_key(model, examples, config, loss)
     stored = Path(folder) / key
     if (stored / "result.json").is_file():
         record = json.loads((stored / "result.json").read_text())

@@ -6,8 +6,13 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
+import ftcourse.dpo
+import ftcourse.reward
 import ftcourse.sft
+from ftcourse.data import load_task
+from ftcourse.dpo import DPO, train_dpo
 from ftcourse.lora import LoRA
+from ftcourse.reward import train_reward_model
 from ftcourse.run_store import run_key
 from ftcourse.sft import finetune, tokenize_instructions
 from ftcourse.train import TrainConfig
@@ -63,7 +68,9 @@ def test_anything_the_run_depends_on_changes_its_key(tiny_llama, tokenizer, monk
                "the method's modules": run_key(LoRA(r=4).apply(copy.deepcopy(tiny_llama)), examples, CONFIG),
                "an example": run_key(tiny_llama, other_rows, CONFIG),
                "the config": run_key(tiny_llama, examples, replace(CONFIG, lr=2e-2)),
-               "the seed": run_key(tiny_llama, examples, replace(CONFIG, seed=4))}
+               "the seed": run_key(tiny_llama, examples, replace(CONFIG, seed=4)),
+               "the loss": run_key(tiny_llama, examples, CONFIG, loss=repr(DPO(beta=0.1))),
+               "the loss's setting": run_key(tiny_llama, examples, CONFIG, loss=repr(DPO(beta=1.0)))}
     monkeypatch.setattr("ftcourse.run_store.code_digest", lambda: "another version of the code")
     changed["the code"] = run_key(tiny_llama, examples, CONFIG)
     assert len(set(changed.values()) | {key}) == len(changed) + 1, changed
@@ -81,3 +88,41 @@ def test_a_run_with_evaluations_is_not_reused(tiny_llama, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="cannot reuse a run with an eval_fn"):
         finetune(tiny_llama, tokenizer, ROWS, "full", CONFIG, reuse=tmp_path, eval_fn=lambda m: {},
                  progress=False)
+
+
+# Learning from preferences: DPO's policy and the reward model are stored and loaded the same way.
+PREFERENCE_TRAINERS = {
+    "DPO": (ftcourse.dpo, lambda model, tokenizer, pairs, reuse: (
+        model, train_dpo(model, tokenizer, pairs, CONFIG, DPO(beta=0.5), reuse=reuse, progress=False))),
+    "reward model": (ftcourse.reward, lambda model, tokenizer, pairs, reuse: train_reward_model(
+        model, tokenizer, pairs, CONFIG, reuse=reuse, progress=False))}
+
+
+@pytest.mark.parametrize("trainer", PREFERENCE_TRAINERS, ids=PREFERENCE_TRAINERS.keys())
+def test_a_loaded_preference_run_is_the_trained_run(trainer, tiny_llama, tokenizer, tmp_path, monkeypatch,
+                                                    capsys):
+    module, run = PREFERENCE_TRAINERS[trainer]
+    pairs = [dict(row) for row in load_task("preferences")["train"].select(range(8))]
+    fresh, fresh_result = run(copy.deepcopy(tiny_llama), tokenizer, pairs, None)
+    fresh_rng = torch.get_rng_state()
+    run(copy.deepcopy(tiny_llama), tokenizer, pairs, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored run was trained again")
+
+    monkeypatch.setattr(module, "train", no_training)
+    torch.manual_seed(99)
+    loaded, loaded_result = run(copy.deepcopy(tiny_llama), tokenizer, pairs, tmp_path)
+    assert "Loaded this run from" in capsys.readouterr().out
+    assert torch.equal(torch.get_rng_state(), fresh_rng)
+    for name, tensor in trainable(fresh).items():
+        assert torch.equal(trainable(loaded)[name], tensor), name
+    assert [h["loss"] for h in loaded_result.history] == [h["loss"] for h in fresh_result.history]
+
+
+def test_dpo_with_a_reference_of_your_own_is_not_reused(tiny_llama, tokenizer, tmp_path):
+    pairs = [dict(row) for row in load_task("preferences")["train"].select(range(4))]
+    with pytest.raises(ValueError, match="cannot reuse a run with a reference of your own"):
+        train_dpo(copy.deepcopy(tiny_llama), tokenizer, pairs, CONFIG, reference=tiny_llama, reuse=tmp_path,
+                  progress=False)
