@@ -53,6 +53,27 @@ def plot_scores(cis: Mapping[str, Any], ax: Any = None, ylabel: str = "score", t
     return ax
 
 
+
+def plot_quality_against_parameters(results: Mapping[str, Mapping[str, Any]], tables: Mapping[str, Any]):
+    """One panel per task: each method's score, with its 95% interval, against its trainable
+    parameters (log scale). `results[task][method]` are `experiments.Trained` runs, `tables[task]`
+    their `method_table`. Returns (figure, axes)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.8), layout="constrained",
+                             sharey=True, squeeze=False)
+    for ax, (task, runs) in zip(axes[0], results.items()):
+        for name, run in runs.items():
+            ci = run.score.ci
+            ax.errorbar(tables[task].loc[name, "trainable"], ci.estimate, yerr=[[ci.estimate - ci.low],
+                        [ci.high - ci.estimate]], fmt="o", capsize=4, label=name)
+        ax.set(xscale="log", xlabel="trainable parameters (log scale)", title=f"{task} ({run.score.metric})")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[0, 0].set_ylabel("score (95% CI)")
+    axes[0, -1].legend(fontsize=8)
+    return fig, axes[0]
+
 # Where each fine-tuning method changes the model: (method, what it does, the part it touches, the
 # height of its label in the figure; the parts sit at embeddings 1.0, attention 2.2, FFN 3.4).
 INTERVENTIONS = (
