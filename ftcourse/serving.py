@@ -38,8 +38,10 @@ BASE_NAME = "base"
 
 def server_config(base: str | Path, adapters: Mapping[str, str | Path], *, port: int,
                   n_ctx: int, threads: int | None = None) -> dict[str, Any]:
-    """llama-cpp-python's --config_file: the base as model "base", then one model per adapter."""
-    threads = threads or min(4, os.cpu_count() or 1)
+    """llama-cpp-python's --config_file: the base as model "base", then one model per adapter.
+    By default llama.cpp gets every core but one, at most 4: the server's own Python (HTTP, and
+    llama-cpp-python's per-token loop) needs the last one, or llama.cpp's threads wait for it."""
+    threads = threads or max(1, min(4, (os.cpu_count() or 1) - 1))
     common = {"model": str(base), "n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
               "seed": 0, "verbose": False, "type_k": 0, "type_v": 0}   # a float32 cache (llamacpp.load_gguf)
     if BASE_NAME in adapters:

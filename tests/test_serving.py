@@ -166,6 +166,14 @@ def test_bad_server_setups_are_clear_errors(tmp_path):
         server_config("b.gguf", {"base": "a.gguf"}, port=1, n_ctx=512)
 
 
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 1), (3, 2), (16, 4)])
+def test_the_server_leaves_a_core_to_its_own_python(monkeypatch, cores, threads):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    config = server_config("b.gguf", {"qa": "a.gguf"}, port=1, n_ctx=512)
+    assert {(model["n_threads"], model["n_threads_batch"]) for model in config["models"]} == {(threads, threads)}
+    assert server_config("b.gguf", {}, port=1, n_ctx=512, threads=3)["models"][0]["n_threads"] == 3
+
+
 # llama-cpp-python 0.3.36's own server, without RequestCheck: answers that should be a 4xx. Strict
 # xfails: the day one is fixed it passes, the test fails, and the check in front can go.
 @pytest.mark.parametrize("body", [
