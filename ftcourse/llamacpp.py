@@ -274,11 +274,30 @@ def llama_mean_loss(llm: Any, examples: Sequence[dict[str, list[int]]]) -> float
     return total / count
 
 
+def llama_mean_kl(llm: Any, examples: Sequence[dict[str, list[int]]], reference: nn.Module) -> float:
+    """Mean KL(reference || llama.cpp) per labelled token: how far a file's next-token distributions
+    moved from the model it was written from. Unlike the held-out loss it cannot fall by chance: any
+    rounding raises it from 0 (llama-perplexity's --kl-divergence, on the answers only)."""
+    device = next(reference.parameters()).device
+    total, count = 0.0, 0
+    for example in examples:
+        ids = example["input_ids"]
+        ours = torch.log_softmax(torch.from_numpy(llama_logits(llm, ids)), dim=-1)
+        with torch.no_grad():
+            logits = reference(torch.tensor([ids], device=device)).logits[0]
+        theirs = torch.log_softmax(logits.float().cpu(), dim=-1)
+        answer = torch.tensor(example["labels"][1:]) != -100          # positions that predict a label
+        kl = (theirs.exp() * (theirs - ours)).sum(dim=-1)[:-1][answer]
+        total += kl.sum().item()
+        count += int(answer.sum())
+    return total / count
+
+
 def llama_tokenize(llm: Any, text: str, add_bos: bool = True) -> list[int]:
     """llama.cpp's token ids for `text`, special tokens parsed; with `add_bos`, a BOS first if the
     file says its tokenizer adds one (as transformers' `tokenizer(text)` does)."""
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
-__all__ = ["FILE_TYPES", "gguf_name", "llama_greedy", "llama_logits", "llama_mean_loss", "llama_tokenize",
-           "load_gguf", "model_tensors", "rope_permute", "write_gguf", "write_lora_gguf"]
+__all__ = ["FILE_TYPES", "gguf_name", "llama_greedy", "llama_logits", "llama_mean_kl", "llama_mean_loss",
+           "llama_tokenize", "load_gguf", "model_tensors", "rope_permute", "write_gguf", "write_lora_gguf"]

@@ -12,7 +12,9 @@ In front of the engine's app sits one thin check (`RequestCheck`): llama-cpp-pyt
 that is not JSON, or a message with an unknown role, with 500 Internal Server Error, and a request
 for a model it does not serve, or with no messages, with 200 from the base model. The check answers
 those with 400 or 404 and a message saying what to fix, as OpenAI's API does; everything else reaches
-llama.cpp's server unchanged. tests/test_serving.py reproduces each engine behaviour.
+llama.cpp's server unchanged. tests/test_serving.py reproduces each engine behaviour. A second one
+(`EngineTimes`) tells a load test when llama.cpp computed each completion, so that it can show how
+many ran at once rather than infer it from throughput.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 BASE_NAME = "base"
+ENGINE_PATH = "/ftcourse/engine"      # where the server answers when llama.cpp computed (EngineTimes)
 
 
 def server_config(base: str | Path, adapters: Mapping[str, str | Path], *, port: int,
@@ -159,10 +162,29 @@ def chat_completion(server: Server, model: str, messages: Sequence[Mapping[str, 
     return reply
 
 
+def engine_intervals(server: Server) -> list[tuple[float, float]]:
+    """When llama.cpp computed each completion so far: (start, end) pairs on the server's
+    `time.monotonic()` clock, in the order they ended (`record_engine_time`)."""
+    with urllib.request.urlopen(f"{server.url}{ENGINE_PATH}", timeout=10) as reply:
+        return [(start, end) for start, end in json.loads(reply.read())]
+
+
+def most_at_once(intervals: Sequence[tuple[float, float]]) -> int:
+    """The largest number of intervals that overlap at one moment (one that ends as another starts
+    does not overlap it)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, change in events:             # at equal times, an end (-1) sorts before a start (+1)
+        running += change
+        most = max(most, running)
+    return most
+
+
 def measure_load(server: Server, requests: Sequence[tuple[str, Sequence[Mapping[str, str]]]],
                  clients: int, max_tokens: int = 64) -> dict[str, float]:
-    """Send `requests` ((model, messages) pairs) from `clients` concurrent clients; the median and
-    95th-percentile latency in seconds and the generated tokens per second over the whole run."""
+    """Send `requests` ((model, messages) pairs) from `clients` concurrent clients: the median and
+    95th-percentile latency in seconds, the generated tokens per second over the whole run, the
+    share of the run llama.cpp was computing, and the most completions it computed at once."""
     import numpy as np
 
     def one(request: tuple[str, Sequence[Mapping[str, str]]]) -> tuple[float, int]:
@@ -170,17 +192,59 @@ def measure_load(server: Server, requests: Sequence[tuple[str, Sequence[Mapping[
         reply = chat_completion(server, request[0], request[1], max_tokens)
         return time.perf_counter() - start, reply["usage"]["completion_tokens"]
 
+    earlier = len(engine_intervals(server))
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, requests))
     wall = time.perf_counter() - start
+    computed = engine_intervals(server)[earlier:]
     latencies = np.array([latency for latency, _ in results])
     return {"clients": clients, "requests": len(results), "p50_s": float(np.median(latencies)),
             "p95_s": float(np.percentile(latencies, 95)),
-            "tokens_per_s": sum(tokens for _, tokens in results) / wall, "wall_s": wall}
+            "tokens_per_s": sum(tokens for _, tokens in results) / wall, "wall_s": wall,
+            "engine_busy": sum(end - begin for begin, end in computed) / wall,
+            "most_at_once": most_at_once(computed)}
 
 
 CHAT_ROLES = ("system", "user", "assistant")
+
+
+async def send_json(send: Any, status: int, payload: Any) -> None:
+    """Answer an ASGI HTTP request with `payload` as JSON."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+
+def record_engine_time(intervals: list[tuple[float, float]]) -> None:
+    """Make llama.cpp append (start, end) of each completion it computes in this process (the
+    server's) to `intervals`; every chat and text completion goes through `create_completion`.
+    A streamed completion is timed until its first chunk only: the load tests do not stream."""
+    from llama_cpp import Llama
+
+    compute = Llama.create_completion
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        try:
+            return compute(self, *args, **kwargs)
+        finally:
+            intervals.append((start, time.monotonic()))
+
+    Llama.create_completion = timed
+
+
+class EngineTimes:
+    """ASGI middleware: GET /ftcourse/engine answers the (start, end) pairs `record_engine_time`
+    collected, so a load test can see how long, and how many at once, llama.cpp computed."""
+
+    def __init__(self, app: Any, intervals: list[tuple[float, float]]):
+        self.app, self.intervals = app, intervals
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == ENGINE_PATH:
+            return await send_json(send, 200, self.intervals)
+        return await self.app(scope, receive, send)
 
 
 class RequestCheck:
@@ -200,11 +264,9 @@ class RequestCheck:
             more = message.get("more_body", False)
         if problem := self.problem(scope["path"], body):
             status, text = problem
-            reply = json.dumps({"error": {"message": text, "type": "invalid_request_error",
-                                          "code": "model_not_found" if status == 404 else None}}).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json")]})
-            return await send({"type": "http.response.body", "body": reply})
+            return await send_json(send, status, {"error": {
+                "message": text, "type": "invalid_request_error",
+                "code": "model_not_found" if status == 404 else None}})
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -238,19 +300,23 @@ class RequestCheck:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m ftcourse.serving CONFIG.json`: llama-cpp-python's app for the config, behind
-    `RequestCheck`, run by uvicorn (what `python -m llama_cpp.server --config_file` runs, plus the check)."""
+    `RequestCheck` and `EngineTimes`, run by uvicorn (what `python -m llama_cpp.server --config_file`
+    runs, plus the check and the engine's times)."""
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ConfigFileSettings, ServerSettings
 
     config = ConfigFileSettings.model_validate_json(Path((argv or sys.argv[1:])[0]).read_bytes())
+    computed: list[tuple[float, float]] = []
+    record_engine_time(computed)
     app = create_app(server_settings=ServerSettings.model_validate(config), model_settings=config.models)
-    uvicorn.run(RequestCheck(app, [model.model_alias for model in config.models]), host=config.host,
-                port=config.port, log_level="warning")
+    checked = RequestCheck(app, [model.model_alias for model in config.models])
+    uvicorn.run(EngineTimes(checked, computed), host=config.host, port=config.port, log_level="warning")
 
 
-__all__ = ["BASE_NAME", "RequestCheck", "Server", "chat_completion", "measure_load", "post", "server_config",
-           "serving", "start_server"]
+__all__ = ["BASE_NAME", "EngineTimes", "RequestCheck", "Server", "chat_completion", "engine_intervals",
+           "measure_load", "most_at_once", "post", "record_engine_time", "server_config", "serving",
+           "start_server"]
 
 
 if __name__ == "__main__":

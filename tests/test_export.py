@@ -205,3 +205,36 @@ def test_llama_cpp_held_out_loss_is_transformers(gguf_files, tokenizer):
     tokens = max(len(example["input_ids"]) for example in examples)
     assert_close(ours, expected, n=loss_path(merged.config, tokens, count), dtype=torch.float32,
                  scale=expected)
+
+
+@pytest.mark.equivalence
+def test_llama_cpp_kl_is_torchs_kl_div_and_grows_with_rounding(gguf_files, base, tokenizer):
+    from ftcourse.chat import tokenize_chat
+    from ftcourse.llamacpp import llama_mean_kl
+
+    examples = [tokenize_chat(tokenizer, [{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": "Pelmora"}]) for prompt in PROMPTS]
+    merged = gguf_files["merged"]
+    kl = {}
+    for kind in ("F32", "F16"):
+        llm = load_gguf(gguf_files[kind])
+        try:
+            kl[kind] = llama_mean_kl(llm, examples, merged)
+            pairs = [(torch.log_softmax(torch.from_numpy(llama_logits(llm, example["input_ids"])), -1),
+                      torch.log_softmax(logits_of(merged, example["input_ids"]), -1),
+                      torch.tensor(example["labels"][1:]) != -100) for example in examples]
+        finally:
+            llm.close()
+        # torch's kl_div(input=log q, target=log p) summed over the vocabulary is KL(p || q)
+        terms = [torch.nn.functional.kl_div(ours, theirs, log_target=True, reduction="none")[:-1][answer]
+                 for ours, theirs, answer in pairs]
+        per_token = torch.cat([term.sum(-1) for term in terms])
+        largest = max(term.abs().sum(-1).max().item() for term in terms)   # a sum's own magnitude
+        assert_close(kl[kind], per_token.mean().item(), n=merged.config.vocab_size + len(per_token),
+                     dtype=torch.float32, scale=largest)
+    llm = load_gguf(gguf_files["base"])
+    try:
+        from_base = llama_mean_kl(llm, examples, merged)     # the file without the adapter
+    finally:
+        llm.close()
+    assert abs(kl["F32"]) < kl["F16"] < from_base, (kl, from_base)   # F32: 0 up to rounding

@@ -12,7 +12,18 @@ import torch
 from ftcourse.generate import generate
 from ftcourse.llamacpp import write_gguf, write_lora_gguf
 from ftcourse.lora import LoRA, apply_lora, lora_layers
-from ftcourse.serving import Server, chat_completion, free_port, post, server_config, serving, start_server
+from ftcourse.serving import (
+    Server,
+    chat_completion,
+    engine_intervals,
+    free_port,
+    measure_load,
+    most_at_once,
+    post,
+    server_config,
+    serving,
+    start_server,
+)
 
 PROMPTS = ["What is the home town of Ana Bel?", "Describe Bello Torbeln.", "What is 12 plus 30?"]
 MAX_TOKENS = 32
@@ -170,7 +181,8 @@ def test_bad_server_setups_are_clear_errors(tmp_path):
 def test_the_server_leaves_a_core_to_its_own_python(monkeypatch, cores, threads):
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     config = server_config("b.gguf", {"qa": "a.gguf"}, port=1, n_ctx=512)
-    assert {(model["n_threads"], model["n_threads_batch"]) for model in config["models"]} == {(threads, threads)}
+    used = {(model["n_threads"], model["n_threads_batch"]) for model in config["models"]}
+    assert used == {(threads, threads)}
     assert server_config("b.gguf", {}, port=1, n_ctx=512, threads=3)["models"][0]["n_threads"] == 3
 
 
@@ -240,3 +252,23 @@ def test_waiting_on_the_server_sees_a_ctrl_c_delivered_to_another_thread(ctrl_c_
     done = subprocess.run([sys.executable, "-c", CTRL_C_ON_ANOTHER_THREAD], capture_output=True, text=True,
                           timeout=60, **ctrl_c_as_in_a_terminal)
     assert done.stdout.strip() == "stopped by Ctrl-C", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("intervals, expected", [
+    ([], 0), ([(0, 1)], 1), ([(0, 1), (1, 2)], 1), ([(0, 2), (1, 3)], 2),
+    ([(0, 10), (1, 2), (3, 4), (1.5, 3.5)], 3),
+])
+def test_most_at_once_counts_overlapping_intervals(intervals, expected):
+    assert most_at_once(intervals) == expected
+
+
+def test_the_engine_computes_one_completion_at_a_time_however_many_clients(served):
+    server, _, _ = served
+    requests = [(name, [{"role": "user", "content": prompt}])
+                for name in ("qa", "describe") for prompt in PROMPTS]
+    before = len(engine_intervals(server))
+    load = measure_load(server, requests, clients=4, max_tokens=8)
+    computed = engine_intervals(server)[before:]
+    assert load["requests"] == len(computed) == len(requests)       # every completion timed, once
+    assert all(start <= end for start, end in computed)
+    assert load["most_at_once"] == 1 and 0 < load["engine_busy"] <= 1
