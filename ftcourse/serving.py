@@ -28,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -162,11 +163,13 @@ def chat_completion(server: Server, model: str, messages: Sequence[Mapping[str, 
     return reply
 
 
-def engine_intervals(server: Server) -> list[tuple[float, float]]:
-    """When llama.cpp computed each completion so far: (start, end) pairs on the server's
-    `time.monotonic()` clock, in the order they ended (`record_engine_time`)."""
+def engine_intervals(server: Server) -> tuple[int, list[tuple[float, float]]]:
+    """How many completions llama.cpp has computed, and when it computed the latest of them (at most
+    `EngineLog.KEPT`): (start, end) pairs on the server's `time.monotonic()` clock, in the order
+    they ended."""
     with urllib.request.urlopen(f"{server.url}{ENGINE_PATH}", timeout=10) as reply:
-        return [(start, end) for start, end in json.loads(reply.read())]
+        answer = json.loads(reply.read())
+    return answer["count"], [(start, end) for start, end in answer["latest"]]
 
 
 def most_at_once(intervals: Sequence[tuple[float, float]]) -> int:
@@ -192,12 +195,16 @@ def measure_load(server: Server, requests: Sequence[tuple[str, Sequence[Mapping[
         reply = chat_completion(server, request[0], request[1], max_tokens)
         return time.perf_counter() - start, reply["usage"]["completion_tokens"]
 
-    earlier = len(engine_intervals(server))
+    if len(requests) > EngineLog.KEPT:
+        raise ValueError(f"{len(requests)} requests in one load test; the server keeps the times of the "
+                         f"latest {EngineLog.KEPT}: send at most that many per measure_load call.")
+    earlier, _ = engine_intervals(server)
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, requests))
     wall = time.perf_counter() - start
-    computed = engine_intervals(server)[earlier:]
+    count, latest = engine_intervals(server)
+    computed = latest[len(latest) - (count - earlier):]
     latencies = np.array([latency for latency, _ in results])
     return {"clients": clients, "requests": len(results), "p50_s": float(np.median(latencies)),
             "p95_s": float(np.percentile(latencies, 95)),
@@ -216,9 +223,23 @@ async def send_json(send: Any, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
 
 
-def record_engine_time(intervals: list[tuple[float, float]]) -> None:
-    """Make llama.cpp append (start, end) of each completion it computes in this process (the
-    server's) to `intervals`; every chat and text completion goes through `create_completion`.
+class EngineLog:
+    """When llama.cpp computed: the number of completions, and the (start, end) of the latest
+    `KEPT` of them, so that a server that runs for days holds a bounded record."""
+
+    KEPT = 10_000
+
+    def __init__(self) -> None:
+        self.count, self.latest = 0, deque(maxlen=self.KEPT)
+
+    def add(self, start: float, end: float) -> None:
+        self.count += 1
+        self.latest.append((start, end))
+
+
+def record_engine_time(log: EngineLog) -> None:
+    """Make llama.cpp add (start, end) of each completion it computes in this process (the
+    server's) to `log`; every chat and text completion goes through `create_completion`.
     A streamed completion is timed until its first chunk only: the load tests do not stream."""
     from llama_cpp import Llama
 
@@ -229,21 +250,21 @@ def record_engine_time(intervals: list[tuple[float, float]]) -> None:
         try:
             return compute(self, *args, **kwargs)
         finally:
-            intervals.append((start, time.monotonic()))
+            log.add(start, time.monotonic())
 
     Llama.create_completion = timed
 
 
 class EngineTimes:
-    """ASGI middleware: GET /ftcourse/engine answers the (start, end) pairs `record_engine_time`
-    collected, so a load test can see how long, and how many at once, llama.cpp computed."""
+    """ASGI middleware: GET /ftcourse/engine answers what `record_engine_time` logged, so a load
+    test can see how long, and how many at once, llama.cpp computed."""
 
-    def __init__(self, app: Any, intervals: list[tuple[float, float]]):
-        self.app, self.intervals = app, intervals
+    def __init__(self, app: Any, log: EngineLog):
+        self.app, self.log = app, log
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == ENGINE_PATH:
-            return await send_json(send, 200, self.intervals)
+            return await send_json(send, 200, {"count": self.log.count, "latest": list(self.log.latest)})
         return await self.app(scope, receive, send)
 
 
@@ -307,16 +328,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from llama_cpp.server.settings import ConfigFileSettings, ServerSettings
 
     config = ConfigFileSettings.model_validate_json(Path((argv or sys.argv[1:])[0]).read_bytes())
-    computed: list[tuple[float, float]] = []
+    computed = EngineLog()
     record_engine_time(computed)
     app = create_app(server_settings=ServerSettings.model_validate(config), model_settings=config.models)
     checked = RequestCheck(app, [model.model_alias for model in config.models])
     uvicorn.run(EngineTimes(checked, computed), host=config.host, port=config.port, log_level="warning")
 
 
-__all__ = ["BASE_NAME", "EngineTimes", "RequestCheck", "Server", "chat_completion", "engine_intervals",
-           "measure_load", "most_at_once", "post", "record_engine_time", "server_config", "serving",
-           "start_server"]
+__all__ = ["BASE_NAME", "EngineLog", "EngineTimes", "RequestCheck", "Server", "chat_completion",
+           "engine_intervals", "measure_load", "most_at_once", "post", "record_engine_time",
+           "server_config", "serving", "start_server"]
 
 
 if __name__ == "__main__":

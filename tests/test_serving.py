@@ -266,9 +266,18 @@ def test_the_engine_computes_one_completion_at_a_time_however_many_clients(serve
     server, _, _ = served
     requests = [(name, [{"role": "user", "content": prompt}])
                 for name in ("qa", "describe") for prompt in PROMPTS]
-    before = len(engine_intervals(server))
+    before, _ = engine_intervals(server)
     load = measure_load(server, requests, clients=4, max_tokens=8)
-    computed = engine_intervals(server)[before:]
+    count, latest = engine_intervals(server)
+    computed = latest[len(latest) - (count - before):]
     assert load["requests"] == len(computed) == len(requests)       # every completion timed, once
     assert all(start <= end for start, end in computed)
     assert load["most_at_once"] == 1 and 0 < load["engine_busy"] <= 1
+
+
+def test_a_load_test_longer_than_the_engine_log_is_refused(served):
+    from ftcourse.serving import EngineLog
+
+    request = ("qa", [{"role": "user", "content": "hi"}])
+    with pytest.raises(ValueError, match="keeps the times of the latest 10000: send at most that many"):
+        measure_load(served[0], [request] * (EngineLog.KEPT + 1), clients=1)
