@@ -118,6 +118,22 @@ def test_gguf_f32_gives_transformers_logits_and_greedy_tokens(gguf_files, tokeni
         llm.close()
 
 
+@pytest.mark.parametrize("torch_threads, used", [(1, 1), (2, 2), (16, 4)])
+def test_llama_cpp_computes_with_torchs_threads_for_tokens_and_sequences(gguf_files, monkeypatch,
+                                                                         torch_threads, used):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)     # OMP_NUM_THREADS=1 gives 1
+    llm = load_gguf(gguf_files["base"])
+    try:
+        assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (used, used)
+    finally:
+        llm.close()
+    llm = load_gguf(gguf_files["base"], threads=3)
+    try:
+        assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (3, 3)
+    finally:
+        llm.close()
+
+
 def test_gguf_f16_gives_the_same_greedy_tokens(gguf_files, tokenizer):
     merged, llm = gguf_files["merged"], load_gguf(gguf_files["F16"])
     try:
