@@ -24,7 +24,7 @@ import lora_layer
 import nf4
 import train_throughput
 from comparison import Comparison, machine, set_threads
-from notebook_times import BOOK_GOAL_MINUTES, SAVED, goals, markdown_table
+from notebook_times import BOOK_GOAL_MINUTES, SAVED, goals, markdown_table, slower_machine_factor
 
 BENCHMARKS = {"train_throughput": train_throughput.run, "lora_layer": lora_layer.run, "nf4": nf4.run,
               "load_base": load_base.run}
@@ -37,7 +37,8 @@ def notebook_times(path: Path = SAVED) -> dict[str, Any] | None:
         return None
     saved = json.loads(path.read_text())
     return {**saved, "total_minutes": sum(saved["seconds"].values()) / 60, "goal_minutes": BOOK_GOAL_MINUTES,
-            **goals(saved["seconds"], saved.get("book_side_by_side_seconds"))}
+            **goals(saved["seconds"], saved.get("book_side_by_side_seconds"),
+                    slower_machine_factor(saved.get("machine", {})))}
 
 
 def value_text(value: float, metric: str) -> str:
@@ -67,7 +68,8 @@ def markdown(report: dict[str, Any]) -> str:
     if notebooks := report["notebooks"]:
         met = "met" if notebooks["met"] else "**not met**"
         lines += ["", f"## Notebook run times (goals, on the slower machine: {met})", "",
-                  markdown_table(notebooks["seconds"]).rstrip()]
+                  markdown_table(notebooks["seconds"], notebooks.get("machine"),
+                                 notebooks.get("book_side_by_side_seconds")).rstrip()]
     return "\n".join(lines) + "\n"
 
 

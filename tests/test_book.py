@@ -128,15 +128,18 @@ def test_each_chapter_closes_with_a_summary_and_further_reading_after_its_exerci
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda path: path.stem)
 def test_each_chapters_machine_time_is_the_saved_measurement_on_the_slower_machine(notebook):
     times = load_notebook_times()
-    seconds = json.loads(times.SAVED.read_text())["seconds"][f"notebooks/{notebook.name}"]
+    saved = json.loads(times.SAVED.read_text())
+    seconds = saved["seconds"][f"notebooks/{notebook.name}"]
     stated = int(times.TIME_LINE.search(nbformat.read(notebook, 4).cells[1].source)["minutes"])
-    assert stated == times.machine_minutes(seconds), "re-measured? run benchmarks/notebook_times.py --save"
+    factor = times.slower_machine_factor(saved["machine"])
+    assert stated == times.machine_minutes(seconds, factor), "re-measured? notebook_times.py --save"
 
 
 def test_machine_minutes_scale_to_the_slower_machine_and_round_up():
     times = load_notebook_times()
-    assert times.machine_minutes(59 / times.SLOWER_MACHINE_FACTOR) == 1
-    assert times.machine_minutes(61 / times.SLOWER_MACHINE_FACTOR) == 2
+    assert times.machine_minutes(59 / 3.3, factor=3.3) == 1
+    assert times.machine_minutes(61 / 3.3, factor=3.3) == 2
+    assert times.machine_minutes(61, factor=1.0) == 2
 
 
 def test_time_lines_are_rewritten_in_place_changing_only_the_minutes(tmp_path):
@@ -146,13 +149,13 @@ def test_time_lines_are_rewritten_in_place_changing_only_the_minutes(tmp_path):
     original = (ROOT / "notebooks" / "05_lora.ipynb").read_bytes().replace(b"\n", b"\r\n")  # as on Windows
     chapter.write_bytes(original)
     measured = {"notebooks/05_lora.ipynb": 600.0, "book/choosing.ipynb": 1.0}   # a book page has no time line
-    assert times.write_time_lines(measured, root=tmp_path) == [chapter]
+    assert times.write_time_lines(measured, 1.0, root=tmp_path) == [chapter]
     text, old = original.decode(), times.TIME_LINE.search(original.decode())
-    minutes = str(times.machine_minutes(600.0))
+    minutes = str(times.machine_minutes(600.0, 1.0))
     assert old["minutes"] != minutes
     expected = text[:old.start("minutes")] + minutes + text[old.end("minutes"):]
     assert chapter.read_bytes() == expected.encode()
-    assert times.write_time_lines(measured, root=tmp_path) == []          # already true: left alone
+    assert times.write_time_lines(measured, 1.0, root=tmp_path) == []     # already true: left alone
 
 
 def test_chapters_without_their_own_time_line_are_refused_before_any_is_written(tmp_path):
@@ -164,19 +167,21 @@ def test_chapters_without_their_own_time_line_are_refused_before_any_is_written(
     measured = {f"notebooks/{name}.ipynb": 600.0 for name in ("05_lora", "06_qlora", "99_new")}
     with pytest.raises(ValueError, match=r"06_qlora.ipynb has time lines for \['05_lora'\].*"
                                          r"99_new.ipynb has time lines for \[\].*'In this chapter' box"):
-        times.write_time_lines(measured, root=tmp_path)
+        times.write_time_lines(measured, 1.0, root=tmp_path)
     assert (tmp_path / "notebooks" / "05_lora.ipynb").read_bytes() == lora
 
 
 def test_the_three_hour_lab_plan_takes_its_machine_times_from_the_measured_run_and_adds_up():
     times = load_notebook_times()
     plan = times.LAB_PLAN.read_text()
-    seconds = json.loads(times.SAVED.read_text())["seconds"]
+    saved = json.loads(times.SAVED.read_text())
+    seconds, factor = saved["seconds"], times.slower_machine_factor(saved["machine"])
     rows = list(times.LAB_ROW.finditer(plan))
     lab = {"00_quickstart", "02_sft_instruction_tuning", "05_lora", "08_evaluation"}
     assert {row["stem"] for row in rows} >= lab, "the lab covers quickstart, SFT, LoRA and evaluation"
     for row in rows:
-        assert int(row["minutes"]) == times.machine_minutes(seconds[f"notebooks/{row['stem']}.ipynb"]), (
+        measured = seconds[f"notebooks/{row['stem']}.ipynb"]
+        assert int(row["minutes"]) == times.machine_minutes(measured, factor), (
             f"{row['stem']}: re-measured? run benchmarks/notebook_times.py --save")
     table = plan[plan.index("**Three hours**"):plan.index("**One day**")]
     sessions = [line.split("|")[1:5] for line in table.splitlines() if re.match(r"\| \d:\d\d \|", line)]
@@ -192,9 +197,9 @@ def test_re_measuring_rewrites_the_lab_plans_minutes_and_nothing_else(tmp_path):
     plan.write_text(times.LAB_PLAN.read_text())
     seconds = json.loads(times.SAVED.read_text())["seconds"]
     slower = {name: 10 * value for name, value in seconds.items()}
-    assert times.write_lab_plan(slower, plan)
+    assert times.write_lab_plan(slower, 1.0, plan)
     for row in times.LAB_ROW.finditer(plan.read_text()):
-        assert int(row["minutes"]) == times.machine_minutes(slower[f"notebooks/{row['stem']}.ipynb"])
+        assert int(row["minutes"]) == times.machine_minutes(slower[f"notebooks/{row['stem']}.ipynb"], 1.0)
     assert times.LAB_ROW.sub("", plan.read_text()) == times.LAB_ROW.sub("", times.LAB_PLAN.read_text())
     with pytest.raises(ValueError, match="lab plan names .*05_lora"):
-        times.write_lab_plan({k: v for k, v in seconds.items() if "05_lora" not in k}, plan)
+        times.write_lab_plan({k: v for k, v in seconds.items() if "05_lora" not in k}, 1.0, plan)
