@@ -93,9 +93,9 @@ catalogue: $(STAMP)
 # bitsandbytes picks its kernels by the CPU itself: tests/known_defects.py says what that leaves.
 # bitsandbytes runs some CPU paths (4-bit values whose count is not a multiple of the block) through
 # torch.compile, which compiles them once per process and shape; `make test`'s unit run checks that
-# compiled path, and these two runs take bitsandbytes' own eager fallback (TORCH_COMPILE_DISABLE=1):
-# the same products, one per value (the tests pass either way), and 58 -> 47 s and 46 -> 35 s for
-# the two runs on the AVX-512 kind.
+# compiled path, and these two runs run the same bitsandbytes functions eagerly (TORCH_COMPILE_DISABLE=1
+# turns torch.compile into a plain call): the same products, one per value (the tests pass either
+# way), and 58 -> 47 s and 46 -> 35 s for the two runs on the AVX-512 kind.
 equivalence: $(STAMP)
 	for capability in default avx2; do \
 		echo "== equivalence tests, ATEN_CPU_CAPABILITY=$$capability"; \
