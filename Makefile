@@ -91,13 +91,10 @@ catalogue: $(STAMP)
 # The equivalence tests once more with torch's portable kernels and its AVX2 ones, whatever this
 # CPU has, so one run shows they hold on the instruction sets learners have (tests/tolerance.py).
 # bitsandbytes picks its kernels by the CPU itself: tests/known_defects.py says what that leaves.
-# bitsandbytes runs some CPU paths (4-bit values whose count is not a multiple of the block) through
-# torch.compile, which compiles them once per process and shape; `make test`'s unit run checks that
-# compiled path, and these two runs run the same bitsandbytes functions eagerly (TORCH_COMPILE_DISABLE=1
-# turns torch.compile into a plain call): the same products, one per value (the tests pass either
-# way). The saving is the compiling: on the AVX-512 kind 58 -> 47 s and 46 -> 35 s for the two runs
-# with no compile cache (as `make test` on a fresh machine finds it for torch's portable kernels),
-# none once every variant is cached.
+# bitsandbytes sends some CPU paths (a 4-bit size not a multiple of the block) through torch.compile,
+# compiled once per process, shape and kernel set. The unit run checks them compiled; these runs
+# call the same functions eagerly (TORCH_COMPILE_DISABLE=1), the same products, and skip compiling
+# for kernel sets the cache lacks (58 -> 47 s and 46 -> 35 s with no cache on the AVX-512 kind).
 equivalence: $(STAMP)
 	for capability in default avx2; do \
 		echo "== equivalence tests, ATEN_CPU_CAPABILITY=$$capability"; \
