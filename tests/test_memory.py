@@ -6,21 +6,23 @@ from ftcourse.memory import (
     measure_training_step,
     optimizer_bytes,
     optimizer_state_bytes,
+    stored_bytes,
 )
+from ftcourse.memory.model import Setup
 from ftcourse.train import TrainConfig, make_optimizer
 
 
-def test_measured_parameters_and_optimizer_state_are_exact():
+def test_the_step_holds_exactly_its_weights_optimizer_state_and_batch_before_it_allocates():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256))
     batch = {"x": torch.randn(32, 256)}
     loss = lambda m, b: (m(b["x"]).pow(2).sum(), torch.tensor(1.0))
     before = [p.clone() for p in model.parameters()]
     peak = measure_training_step(model, batch, loss_fn=loss)
-    weights = sum(p.numel() * 4 for p in model.parameters())
-    assert peak["parameters"] == weights
-    assert peak["optimizer_state"] >= 2 * weights            # Adam: two moments per weight (+ steps)
-    assert peak["total"] >= peak["parameters"] + peak["optimizer_state"]
+    adam = optimizer_state_bytes([p.numel() for p in model.parameters()], Setup())  # 2 moments + steps
+    assert peak["held_before"] == stored_bytes(model) + adam + batch["x"].nbytes
+    assert peak["total"] == peak["held_before"] + peak["allocated"]
+    assert peak["allocated"] >= stored_bytes(model)                 # at least the gradients
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "measuring must not train"
 
 
@@ -33,8 +35,11 @@ def test_measure_peak_sees_a_temporary_allocation():
 # ---------------------------------------------------------------- the memory model
 
 import copy  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
+import tempfile  # noqa: E402
 import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -43,16 +48,15 @@ from ftcourse.lora import LoRA  # noqa: E402
 from ftcourse.memory import (  # noqa: E402
     GB,
     MemoryWarning,
-    Setup,
     WontFit,
     estimate,
     footprint_of_config,
     footprint_of_model,
     model_state_bytes,
     preflight,
-    stored_bytes,
     suggestions,
 )
+from ftcourse.memory.measure import timeline_peak, training_step  # noqa: E402
 from ftcourse.methods import get_method  # noqa: E402
 from ftcourse.prompts import PrefixTuning, PromptTuning  # noqa: E402
 from ftcourse.qlora import QLoRA  # noqa: E402
@@ -81,6 +85,40 @@ def padded_batch(batch_size, length, seed=0):
     mask = torch.ones_like(ids)
     mask[0, -3:] = 0
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def torch_timeline(profile) -> list[int]:
+    """Torch's own memory timeline of `profile` on the CPU: the total bytes at each moment."""
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)     # deprecated for CUDA memory snapshots
+        path = Path(folder) / "timeline.json"
+        profile.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return [sum(row) for row in sizes]
+
+
+# Weights and Adam's states; 8-bit states and their shared maps; 4-bit weights with recomputation;
+# a prefix of past keys and values; an untied model with recomputation.
+@pytest.mark.equivalence
+@pytest.mark.parametrize("which, name, checkpointing, optimizer", [
+    ("embedded", "full", False, "adamw"), ("embedded", "prefix tuning", False, "adamw-8bit"),
+    ("embedded", "qlora", True, "adamw-8bit"), ("other", "lora q,v", True, "adamw")])
+def test_timeline_peak_equals_torchs_memory_timeline(which, name, checkpointing, optimizer, base):
+    from torch.profiler import ProfilerActivity, profile
+
+    model = make_model(which, base, METHODS[name])
+    if checkpointing:
+        getattr(model, "base_model", model).activation_checkpointing_enable()
+    step = training_step(model, padded_batch(8, 64),
+                         make_optimizer(model, TrainConfig(max_steps=1, optimizer=optimizer)))
+    step()                                        # the optimizer's states exist before the profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as profiled:   # what torch's analysis needs
+        step()
+    ours = timeline_peak(profiled.profiler.kineto_results.experimental_event_tree(), torch.device("cpu"))
+    theirs = torch_timeline(profiled)
+    assert ours["held_before"] == theirs[0]       # the timeline's first moment: what was there
+    assert ours["total"] == max(theirs)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit"])

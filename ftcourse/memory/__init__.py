@@ -1,8 +1,8 @@
 """Memory: what a training step holds, predicted from a config, measured, and checked before a run.
 
 - `ftcourse.memory.model`: the memory model, `estimate(config_or_model, Setup(...))`;
-- `ftcourse.memory.measure`: the peak of a real step by category (torch's profiler), and the
-  bytes a model or an optimizer actually holds;
+- `ftcourse.memory.measure`: the peak of a real step (torch's profiler, read as its memory
+  timeline reads it), and the bytes a model or an optimizer actually holds;
 - `ftcourse.memory.plan`: the pre-flight, `plan_run(model, examples, config)`, which warns or
   refuses before a run that will not fit, with what would help.
 tests/test_memory.py holds the model within 15% of the measured peaks.

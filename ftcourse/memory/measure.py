@@ -1,65 +1,92 @@
-"""Measured memory: the peak of a training step by category (torch's profiler), and stored bytes.
+"""Measured memory: the peak of a training step (torch's profiler), and stored bytes.
 
 `measure_training_step` runs one AdamW step after a warm-up and reports the moment it held the
-most; `stored_bytes` counts what a model keeps (4-bit layers by their packed codes and scales),
-`optimizer_bytes` what an optimizer keeps in its state (`measure_optimizer_state`: after one step).
+most, as torch's memory timeline counts it; `stored_bytes` counts what a model keeps (4-bit layers
+by their packed codes and scales), `optimizer_bytes` what an optimizer keeps in its state
+(`measure_optimizer_state`: after one step).
 tests/test_memory.py holds these measurements and the memory model (`ftcourse.memory.model`)
 within 15% of each other.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._C._profiler import _EventType, _TensorMetadata
 
 from ftcourse.batching import LossFn, causal_lm_loss, default_device, model_device
 from ftcourse.train import TrainConfig, make_optimizer
 
-# The order of torch.profiler's memory timeline columns (after its leading placeholder).
-CATEGORIES = ("parameters", "optimizer_state", "inputs", "temporary", "activations", "gradients",
-              "autograd_detail", "unknown")
-
 
 def measure_peak(run: Callable[[], Any], device: str | None = None) -> dict[str, int]:
-    """Bytes by category at the moment `run()` holds the most memory on `device` (default: where
-    ftcourse runs), and the total."""
+    """Bytes on `device` (default: where ftcourse runs) at the moment `run()` holds the most, as
+    torch's memory timeline counts them: the tensors it found in place and what it allocated."""
     from torch.profiler import ProfilerActivity, profile
 
     device = device or str(default_device())
-    on_gpu = device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats(device)
-    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities, profile_memory=True, record_shapes=True) as prof:
         run()
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        # Deprecated in favour of CUDA-only memory snapshots; it is torch's only per-category
-        # timeline on the CPU. tests/test_memory.py fails if it stops working.
-        warnings.simplefilter("ignore", FutureWarning)
-        path = Path(folder) / "timeline.json"
-        prof.export_memory_timeline(str(path), device=device)
-        _, sizes = json.loads(path.read_text())
-    totals = [sum(row[1:]) for row in sizes]
-    peak = max(range(len(totals)), key=totals.__getitem__)
-    measured = {name: sizes[peak][index + 1] for index, name in enumerate(CATEGORIES)}
-    measured["total"] = totals[peak]
-    if on_gpu:
-        measured["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
-    return measured
+    return timeline_peak(prof.profiler.kineto_results.experimental_event_tree(), torch.device(device))
+
+
+def timeline_peak(roots: list[Any], device: torch.device) -> dict[str, int]:
+    """The peak of a profile's memory on `device`, from its event tree (`roots`).
+
+    Counted as torch's `export_memory_timeline` counts it, without its categories (its analysis
+    takes seconds, this milliseconds): each tensor an op used that the profile did not allocate
+    (weights, optimizer state, the batch) is held from the start, at its largest size x stride;
+    allocations and frees then move the total. tests/test_memory.py checks both, byte for byte."""
+    used: dict[tuple[int, int], int] = {}            # (tensor id, allocation id) -> bytes
+    allocated: set[tuple[int, int]] = set()
+    changes: list[tuple[int, int]] = []              # (time, bytes allocated or freed)
+    for event in _depth_first(roots):
+        kind, fields = event.typed
+        if kind == _EventType.Allocation and fields.device == device:
+            if fields.alloc_size > 0:                # a free is negative
+                allocated.add((fields.id, fields.allocation_id))
+            changes.append((event.start_time_ns, fields.alloc_size))
+        elif kind == _EventType.TorchOp:
+            for tensor in _tensors(fields.inputs):
+                key = (tensor.id, tensor.allocation_id)
+                if tensor.device == device and tensor.layout == torch.strided and None not in key:
+                    extent = max(size * stride for size, stride in zip(tensor.sizes or [1],
+                                                                       tensor.strides or [1]))
+                    used[key] = max(used.get(key, 0), extent * tensor.dtype.itemsize)
+    held_before = sum(size for key, size in used.items() if key not in allocated)
+    running = most = 0
+    for _, change in sorted(changes, key=lambda time_and_change: time_and_change[0]):   # stable
+        running += change
+        most = max(most, running)
+    return {"held_before": held_before, "allocated": most, "total": held_before + most}
+
+
+def _depth_first(roots: list[Any]) -> Iterator[Any]:
+    """The profiler's events, each before its children, in the order they ran."""
+    stack = list(reversed(roots))
+    while stack:
+        event = stack.pop()
+        yield event
+        stack.extend(reversed(event.children))
+
+
+def _tensors(inputs: list[Any]) -> Iterator[_TensorMetadata]:
+    """The tensors among an op's recorded inputs, those in lists included."""
+    for value in inputs:
+        if isinstance(value, _TensorMetadata):
+            yield value
+        elif isinstance(value, list):
+            yield from (item for item in value if isinstance(item, _TensorMetadata))
 
 
 def measure_training_step(model: nn.Module, batch: dict[str, Tensor], loss_fn: LossFn | None = None,
                           lr: float = 1e-4) -> dict[str, int]:
-    """Peak memory by category of one AdamW step on `batch`, after a warm-up step. The model's
-    weights are restored afterwards: measuring does not train it."""
+    """Peak memory of one AdamW step on `batch`, after a warm-up step (`measure_peak`). The
+    model's weights are restored afterwards: measuring does not train it."""
     optimizer = make_optimizer(model, TrainConfig(max_steps=1, lr=lr))
     with weights_restored(model):
         step = training_step(model, batch, optimizer, loss_fn)
