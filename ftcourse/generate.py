@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin
 
 from ftcourse.batching import batches, evaluating, model_device
 from ftcourse.chat import prompt_ids
@@ -59,6 +58,9 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
                          "with another tokenizer. Encode them with this model's tokenizer.")
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else \
         {"do_sample": False}
+    from transformers import GenerationMixin  # here, not above: `import transformers` takes seconds
+
+    decode = model.generate if isinstance(model, GenerationMixin) else partial(decode_loop, model)
     device = model_device(model)
     collate = partial(left_pad, pad_id=tokenizer.pad_token_id)
     completions: list[list[int]] = []
@@ -67,7 +69,6 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence[in
         for start, batch in zip(starts, batches(model, prompts, batch_size, collate)):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + start)  # seeds the CPU and CUDA generators
-                decode = model.generate if isinstance(model, GenerationMixin) else partial(decode_loop, model)
                 output = decode(**batch, max_new_tokens=max_new_tokens, top_k=None,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                 **sampling)
