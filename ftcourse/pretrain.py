@@ -157,7 +157,6 @@ def pretrain(out_dir: str | Path | None = None, config: PretrainConfig = Pretrai
     import torch
     from transformers import LlamaForCausalLM
 
-
     began = time.time()
     world = default_world()
     if tokenizer is None:
