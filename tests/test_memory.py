@@ -1,6 +1,7 @@
 import torch
 
 from ftcourse.memory import (
+    Setup,
     measure_optimizer_state,
     measure_peak,
     measure_training_step,
@@ -8,7 +9,6 @@ from ftcourse.memory import (
     optimizer_state_bytes,
     stored_bytes,
 )
-from ftcourse.memory.model import Setup
 from ftcourse.train import TrainConfig, make_optimizer
 
 
