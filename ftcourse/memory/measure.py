@@ -27,11 +27,13 @@ def measure_peak(run: Callable[[], Any], device: str | None = None) -> dict[str,
     torch's memory timeline counts them: the tensors it found in place and what it allocated."""
     from torch.profiler import ProfilerActivity, profile
 
-    device = device or str(default_device())
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    where = torch.device(device or default_device())
+    if where.type == "cuda" and where.index is None:   # the events name their GPU ("cuda:0"), never "cuda"
+        where = torch.device("cuda", torch.cuda.current_device())
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if where.type == "cuda" else [])
     with profile(activities=activities, profile_memory=True, record_shapes=True) as prof:
         run()
-    return timeline_peak(prof.profiler.kineto_results.experimental_event_tree(), torch.device(device))
+    return timeline_peak(prof.profiler.kineto_results.experimental_event_tree(), where)
 
 
 def timeline_peak(roots: list[Any], device: torch.device) -> dict[str, int]:
