@@ -115,7 +115,7 @@ def test_timeline_peak_equals_torchs_memory_timeline(which, name, checkpointing,
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                  with_stack=True) as profiled:   # what torch's analysis needs
         step()
-    ours = timeline_peak(profiled.profiler.kineto_results.experimental_event_tree(), torch.device("cpu"))
+    ours = timeline_peak(profiled, torch.device("cpu"))
     theirs = torch_timeline(profiled)
     assert ours["held_before"] == theirs[0]       # the timeline's first moment: what was there
     assert ours["total"] == max(theirs)

@@ -33,11 +33,12 @@ def measure_peak(run: Callable[[], Any], device: str | None = None) -> dict[str,
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if where.type == "cuda" else [])
     with profile(activities=activities, profile_memory=True, record_shapes=True) as prof:
         run()
-    return timeline_peak(prof.profiler.kineto_results.experimental_event_tree(), where)
+    return timeline_peak(prof, where)
 
 
-def timeline_peak(roots: list[Any], device: torch.device) -> dict[str, int]:
-    """The peak of a profile's memory on `device`, from its event tree (`roots`).
+def timeline_peak(profiled: Any, device: torch.device) -> dict[str, int]:
+    """The peak of a finished profile's memory on `device` (a `torch.profiler.profile` run with
+    `profile_memory` and `record_shapes`).
 
     Counted as torch's `export_memory_timeline` counts it, without its categories (its analysis
     takes seconds, this milliseconds): each tensor an op used that the profile did not allocate
@@ -46,7 +47,7 @@ def timeline_peak(roots: list[Any], device: torch.device) -> dict[str, int]:
     used: dict[tuple[int, int], int] = {}            # (tensor id, allocation id) -> bytes
     allocated: set[tuple[int, int]] = set()
     changes: list[tuple[int, int]] = []              # (time, bytes allocated or freed)
-    for event in _depth_first(roots):
+    for event in _depth_first(profiled.profiler.kineto_results.experimental_event_tree()):
         kind, fields = event.typed
         if kind == _EventType.Allocation and fields.device == device:
             if fields.alloc_size > 0:                # a free is negative
@@ -61,7 +62,7 @@ def timeline_peak(roots: list[Any], device: torch.device) -> dict[str, int]:
                     used[key] = max(used.get(key, 0), extent * tensor.dtype.itemsize)
     held_before = sum(size for key, size in used.items() if key not in allocated)
     running = most = 0
-    for _, change in sorted(changes, key=lambda time_and_change: time_and_change[0]):   # stable
+    for _, change in sorted(changes, key=lambda change: change[0]):   # stable: ties stay in run order
         running += change
         most = max(most, running)
     return {"held_before": held_before, "allocated": most, "total": held_before + most}
