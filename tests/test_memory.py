@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ftcourse.memory import (
@@ -9,6 +10,7 @@ from ftcourse.memory import (
     optimizer_state_bytes,
     stored_bytes,
 )
+from ftcourse.memory.measure import timeline_peak, training_step
 from ftcourse.train import TrainConfig, make_optimizer
 
 
@@ -26,6 +28,16 @@ def test_the_step_holds_exactly_its_weights_optimizer_state_and_batch_before_it_
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "measuring must not train"
 
 
+@pytest.mark.parametrize("missing", ["profile_memory", "record_shapes"])
+def test_timeline_peak_refuses_a_profile_that_cannot_give_it(missing):
+    from torch.profiler import profile
+
+    with profile(**{"profile_memory": True, "record_shapes": True, missing: False}) as profiled:
+        torch.ones(1000).sum()
+    with pytest.raises(ValueError, match="profile_memory=True, record_shapes=True"):
+        timeline_peak(profiled, torch.device("cpu"))
+
+
 def test_measure_peak_sees_a_temporary_allocation():
     small = measure_peak(lambda: torch.ones(10).sum())
     large = measure_peak(lambda: torch.ones(1_000_000).sum())
@@ -41,7 +53,6 @@ import tempfile  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from ftcourse.lora import LoRA  # noqa: E402
@@ -56,7 +67,6 @@ from ftcourse.memory import (  # noqa: E402
     preflight,
     suggestions,
 )
-from ftcourse.memory.measure import timeline_peak, training_step  # noqa: E402
 from ftcourse.methods import get_method  # noqa: E402
 from ftcourse.prompts import PrefixTuning, PromptTuning  # noqa: E402
 from ftcourse.qlora import QLoRA  # noqa: E402

@@ -44,6 +44,10 @@ def timeline_peak(profiled: Any, device: torch.device) -> dict[str, int]:
     takes seconds, this milliseconds): each tensor an op used that the profile did not allocate
     (weights, optimizer state, the batch) is held from the start, at its largest size x stride;
     allocations and frees then move the total. tests/test_memory.py checks both, byte for byte."""
+    if not (profiled.profile_memory and profiled.record_shapes):
+        raise ValueError("This profile recorded no allocations or no op inputs, so its peak would read 0. "
+                         "Profile with torch.profiler.profile(profile_memory=True, record_shapes=True), "
+                         "or call measure_peak(run), which does.")
     used: dict[tuple[int, int], int] = {}            # (tensor id, allocation id) -> bytes
     allocated: set[tuple[int, int]] = set()
     changes: list[tuple[int, int]] = []              # (time, bytes allocated or freed)
