@@ -7,8 +7,10 @@
 
 `--measure` and `--save` write benchmarks/results/notebook_times.json and the table book/_timings.md
 that the instructors' guide includes, with the machine they were measured on (CPU model, cores,
-AVX-512 or not). They also rewrite the machine minutes in each chapter's "In this chapter" time line
-(`<!-- time: STEM --> about N min`), so the chapters stay true when the times are re-measured.
+AVX-512 or not) and its training speed, which scales times from the AVX-512 kind to the slower
+one (`slower_machine_factor`). They also rewrite the machine minutes in each chapter's "In this
+chapter" time line (`<!-- time: STEM --> about N min`), so the chapters stay true when the times
+are re-measured.
 Each chapter is timed alone, as a learner runs it; the whole book is also timed as `make book`
 runs it (`make executed`: notebooks side by side, one torch thread each), and the book's goal is
 held against that time when it was measured.
@@ -39,19 +41,26 @@ SAVED = ROOT / "benchmarks" / "results" / "notebook_times.json"
 TABLE = ROOT / "book" / "_timings.md"
 # Our 2-core test machines come in two kinds: with AVX-512 (bfloat16, VNNI) and without, which runs
 # the book more slowly. The goals (issue 28) and the chapters' time lines are for the slower kind.
-# Times measured there stand as they are; times measured on the AVX-512 kind are scaled by the ratio
-# of the two kinds' `make timings` (commit 0ed784a on AVX-512 against two runs on 2026-12-02 without:
-# the chapters one at a time 2.62 and 2.78 times as long, the book side by side 2.43 and 2.65, each
-# chapter 2.3 to 3.2).
-AVX512_TO_SLOWER = 2.7
+# Times measured there stand as they are. Times measured on the AVX-512 kind are scaled by how much
+# faster that machine trains: our loop's tokens/s at one thread (the "ours" side of
+# benchmarks/train_throughput.py), measured in the same run, against the slower kind's. Machines of
+# one kind differ from day to day (the AVX-512 kind: 9,546 tokens/s on 2026-12-01, 5,763 on 12-02),
+# so a fixed ratio misleads; this one followed the book: 2.8 against the book's 2.4-2.7 on 12-01.
+SLOWER_TOKENS_PER_SECOND = 3391     # `make bench` on the slower kind, 2026-12-02 (benchmarks/README.md)
 BOOK_GOAL_MINUTES = 10
 NOTEBOOK_GOAL_MINUTES = 2
 
 
-def slower_machine_factor(machine: dict[str, object]) -> float:
-    """How many times as long as on `machine` a run takes on the slower kind of our machines: 1 on a
-    machine without AVX-512 (the slower kind itself), the ratio measured on both kinds otherwise."""
-    return AVX512_TO_SLOWER if machine.get("avx512") else 1.0
+def slower_machine_factor(record: dict[str, Any]) -> float:
+    """How many times as long as where `record` (a saved measurement: its machine and training speed)
+    was measured a run takes on the slower kind of our machines: 1 there, else the training speeds' ratio."""
+    if not record.get("machine", {}).get("avx512"):
+        return 1.0
+    if not record.get("train_tokens_per_second"):
+        raise ValueError("These times were measured on an AVX-512 machine without its training speed "
+                         "(train_tokens_per_second), so they cannot be scaled to the slower machine; "
+                         "re-measure them with `make timings`.")
+    return record["train_tokens_per_second"] / SLOWER_TOKENS_PER_SECOND
 
 
 def goals(times: dict[str, float], book_seconds: float | None = None, factor: float = 1.0) -> dict[str, Any]:
@@ -78,7 +87,7 @@ def goal_text(times: dict[str, float], book_seconds: float | None = None, factor
         return (f"whole book {here} on the slower machine (goal: under {BOOK_GOAL_MINUTES} min: {met}); "
                 f"over {NOTEBOOK_GOAL_MINUTES} min: {over}")
     return (f"whole book {here} here, about {result['book_minutes_slower']:.1f} min on the slower machine "
-            f"(x{factor}; goal: under {BOOK_GOAL_MINUTES} min: {met}); "
+            f"(x{factor:.2f}; goal: under {BOOK_GOAL_MINUTES} min: {met}); "
             f"over {NOTEBOOK_GOAL_MINUTES} min there: {over}")
 
 
@@ -141,7 +150,7 @@ def machine_line(machine: dict[str, object]) -> str:
 
 
 def markdown_table(times: dict[str, float], machine: dict[str, object] | None = None,
-                   book_seconds: float | None = None) -> str:
+                   book_seconds: float | None = None, factor: float = 1.0) -> str:
     """The guide's table: one row per notebook, alone, in seconds; the whole book one chapter at a
     time and, where measured, as `make book` runs it."""
     rows = [f"Measured on {machine_line(machine)}; re-measure with `make timings`.", ""] if machine else []
@@ -152,7 +161,6 @@ def markdown_table(times: dict[str, float], machine: dict[str, object] | None = 
     if book_seconds is not None:
         rows.append(f"| **whole book, as `make book` runs it (side by side)** | "
                     f"**{book_seconds / 60:.1f} min** |")
-    factor = slower_machine_factor(machine or {})
     return "\n".join(rows + ["", goal_text(times, book_seconds, factor).capitalize() + "."]) + "\n"
 
 
@@ -204,20 +212,35 @@ def write_lab_plan(times: dict[str, float], factor: float, plan: Path = LAB_PLAN
     return new != text
 
 
-def save(times: dict[str, float], book_seconds: float | None = None) -> None:
-    """Write the chapters' time lines, the JSON record (with the machine it ran on and, if measured,
-    the whole book's side-by-side seconds) and the guide's table."""
+def training_speed() -> float:
+    """Our loop's tokens/s on this machine at one thread, as `make bench` measures its "ours" side:
+    what scales times measured here to the slower machine (`slower_machine_factor`)."""
+    import torch
+    from train_throughput import ours_tokens_per_second
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return ours_tokens_per_second()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def save(times: dict[str, float], book_seconds: float | None = None) -> dict[str, Any]:
+    """Write the chapters' time lines, the JSON record (the machine it ran on, its training speed
+    and, if measured, the whole book's side-by-side seconds) and the guide's table; return the record."""
     machine = {**cpu(), "python": platform.python_version(), "platform": platform.platform()}
-    factor = slower_machine_factor(machine)
+    record = {"machine": machine, "train_tokens_per_second": round(training_speed()), "seconds": times}
+    if book_seconds is not None:
+        record["book_side_by_side_seconds"] = round(book_seconds, 1)
+    factor = slower_machine_factor(record)
     write_time_lines(times, factor)            # first: a chapter without its time line stops everything
     write_lab_plan(times, factor)
     SAVED.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine, "seconds": times}
-    if book_seconds is not None:
-        record["book_side_by_side_seconds"] = round(book_seconds, 1)
     SAVED.write_text(json.dumps(record, indent=1) + "\n")
     TABLE.write_text("<!-- Written by benchmarks/notebook_times.py (--measure, --save); do not edit -->\n\n"
-                     + markdown_table(times, machine, book_seconds))
+                     + markdown_table(times, machine, book_seconds, factor))
+    return record
 
 
 def side_by_side(fresh: dict[str, float], saved: dict[str, Any]) -> str:
@@ -247,8 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     times = measure() if args.measure else json.loads(Path(args.save).read_text())
     book_seconds = measure_book() if args.measure else None
-    save(times, book_seconds)
-    print(markdown_table(times, cpu(), book_seconds))
+    record = save(times, book_seconds)
+    print(markdown_table(times, record["machine"], book_seconds, slower_machine_factor(record)))
 
 
 if __name__ == "__main__":

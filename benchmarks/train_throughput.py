@@ -158,13 +158,27 @@ def mfu(model: nn.Module, batch_size: int, tokens_per_second: float, matmul_size
                                "matmul_flops": peak})
 
 
-def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
-    """Tokens/s (and, unless `quick`, peak memory) of our loop, Trainer and SFTTrainer."""
+def setup(quick: bool = False) -> tuple[nn.Module, Any, Examples, TrainConfig]:
+    """The base model, its tokenizer, the tokenized examples and the config every side trains with."""
     base, tokenizer = load_base(profile="tiny")
     task = load_task("instructions", profile="tiny")["train"]
     examples = tokenize_instructions(tokenizer, task.select(range(16)) if quick else task)
-    steps, batch_size, repeats = (2, 4, repeats or 1) if quick else (20, 16, repeats or 5)
-    config = TrainConfig(max_steps=steps, batch_size=batch_size, lr=1e-3, seed=0)
+    steps, batch_size = (2, 4) if quick else (20, 16)
+    return base, tokenizer, examples, TrainConfig(max_steps=steps, batch_size=batch_size, lr=1e-3, seed=0)
+
+
+def ours_tokens_per_second(quick: bool = False, repeats: int = 5) -> float:
+    """Our loop's tokens/s, the median of `repeats` runs after a warm-up one: the "ours" side of
+    `run` alone, at torch's present thread count (what benchmarks/notebook_times.py scales by)."""
+    base, tokenizer, examples, config = setup(quick)
+    runs = [prepare("ours", base, tokenizer, examples, [], config)() for _ in range(repeats + 1)]
+    return median([run["tokens"] / run["seconds"] for run in runs[1:]])
+
+
+def run(quick: bool = False, repeats: int | None = None) -> list[Comparison]:
+    """Tokens/s (and, unless `quick`, peak memory) of our loop, Trainer and SFTTrainer."""
+    base, tokenizer, examples, config = setup(quick)
+    steps, batch_size, repeats = config.max_steps, config.batch_size, repeats or (1 if quick else 5)
     ordered = [examples[i] for i in example_order(len(examples), steps * batch_size, config.seed)]
 
     def side(kind: str, steps: int) -> Callable[[], dict[str, float]]:

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import run_all  # noqa: E402
+from notebook_times import SLOWER_TOKENS_PER_SECOND  # noqa: E402
 
 # In the order run_all writes them; --quick leaves out peak memory (torch's profiler takes ~6 s a side).
 EXPECTED = ["train tokens/s vs transformers Trainer", "train tokens/s vs TRL SFTTrainer", "train MFU",
@@ -45,10 +46,12 @@ def test_quick_run_writes_a_complete_report(tmp_path, keep_threads):
 def test_notebook_times_join_the_report_with_the_book_goal(tmp_path):
     saved = tmp_path / "notebook_times.json"
     avx512 = {"model": "AMD EPYC", "cores": 2, "avx512": ["avx512f"]}      # the faster kind: scaled
-    saved.write_text(json.dumps({"machine": avx512, "seconds": {"notebooks/00.ipynb": 600.0,
-                                                                "notebooks/01.ipynb": 420.0}}))
+    record = {"machine": avx512, "train_tokens_per_second": 6000,
+              "seconds": {"notebooks/00.ipynb": 600.0, "notebooks/01.ipynb": 420.0}}
+    saved.write_text(json.dumps(record))
     notebooks = run_all.notebook_times(saved)
-    factor = run_all.slower_machine_factor(avx512)
+    factor = run_all.slower_machine_factor(record)
+    assert notebooks["factor"] == factor == pytest.approx(6000 / SLOWER_TOKENS_PER_SECOND)
     assert notebooks["total_minutes"] == 17 and notebooks["met"] is False
     assert notebooks["book_minutes_slower"] == pytest.approx(17 * factor)
     assert notebooks["notebooks_over"] == ["00", "01"]
@@ -75,12 +78,27 @@ def test_times_measured_on_the_slower_machine_stand_as_they_are():
     import notebook_times as times
 
     slower = {"model": "AMD EPYC", "cores": 2, "avx512": []}
-    assert times.slower_machine_factor(slower) == 1.0
-    assert times.slower_machine_factor({"avx512": ["avx512f", "avx512_bf16"]}) == times.AVX512_TO_SLOWER > 1
+    assert times.slower_machine_factor({"machine": slower, "train_tokens_per_second": 6000}) == 1.0
+    assert times.slower_machine_factor({"machine": slower}) == 1.0       # records from before the speed
     page = times.markdown_table({"notebooks/00.ipynb": 130.0}, slower, book_seconds=500.0)
     assert "Measured on AMD EPYC, 2 cores, no AVX-512" in page
     assert "Whole book 8.3 min as `make book` runs it (side by side) on the slower machine" in page
     assert "goal: under 10 min: met); over 2 min: `00`" in page
+
+
+def test_times_from_an_avx512_machine_scale_by_its_training_speed_against_the_slower_machines():
+    import notebook_times as times
+
+    avx512 = {"model": "AMD EPYC", "cores": 2, "avx512": ["avx512f", "avx512_bf16"]}
+    twice_as_fast = {"machine": avx512, "train_tokens_per_second": 2 * SLOWER_TOKENS_PER_SECOND}
+    assert times.slower_machine_factor(twice_as_fast) == 2.0
+    half_again = {**twice_as_fast, "train_tokens_per_second": SLOWER_TOKENS_PER_SECOND * 1.5}
+    assert times.slower_machine_factor(half_again) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="without its training speed.*re-measure them with `make timings`"):
+        times.slower_machine_factor({"machine": avx512})
+    page = times.markdown_table({"notebooks/00.ipynb": 70.0}, avx512, book_seconds=200.0, factor=2.0)
+    assert ("Whole book 3.3 min as `make book` runs it (side by side) here, about 6.7 min on the slower "
+            "machine (x2.00; goal: under 10 min: met); over 2 min there: `00`") in page
 
 
 def test_cell_profile_gives_each_cell_its_seconds_and_the_training_steps_it_ran(tmp_path):

@@ -131,7 +131,7 @@ def test_each_chapters_machine_time_is_the_saved_measurement_on_the_slower_machi
     saved = json.loads(times.SAVED.read_text())
     seconds = saved["seconds"][f"notebooks/{notebook.name}"]
     stated = int(times.TIME_LINE.search(nbformat.read(notebook, 4).cells[1].source)["minutes"])
-    factor = times.slower_machine_factor(saved["machine"])
+    factor = times.slower_machine_factor(saved)
     assert stated == times.machine_minutes(seconds, factor), "re-measured? notebook_times.py --save"
 
 
@@ -175,7 +175,7 @@ def test_the_three_hour_lab_plan_takes_its_machine_times_from_the_measured_run_a
     times = load_notebook_times()
     plan = times.LAB_PLAN.read_text()
     saved = json.loads(times.SAVED.read_text())
-    seconds, factor = saved["seconds"], times.slower_machine_factor(saved["machine"])
+    seconds, factor = saved["seconds"], times.slower_machine_factor(saved)
     rows = list(times.LAB_ROW.finditer(plan))
     lab = {"00_quickstart", "02_sft_instruction_tuning", "05_lora", "08_evaluation"}
     assert {row["stem"] for row in rows} >= lab, "the lab covers quickstart, SFT, LoRA and evaluation"
