@@ -46,6 +46,7 @@ TABLE = ROOT / "book" / "_timings.md"
 # benchmarks/train_throughput.py), measured in the same run, against the slower kind's. Machines of
 # one kind differ from day to day (the AVX-512 kind: 9,546 tokens/s on 2026-12-01, 5,763 on 12-02),
 # so a fixed ratio misleads; this one followed the book: 2.8 against the book's 2.4-2.7 on 12-01.
+# A `make timings` on the slower kind records its own speed too: the number to put here.
 SLOWER_TOKENS_PER_SECOND = 3391     # `make bench` on the slower kind, 2026-12-02 (benchmarks/README.md)
 BOOK_GOAL_MINUTES = 10
 NOTEBOOK_GOAL_MINUTES = 2
