@@ -227,9 +227,9 @@ def training_speed() -> float:
         torch.set_num_threads(threads)
 
 
-def save(times: dict[str, float], book_seconds: float | None = None) -> dict[str, Any]:
+def save(times: dict[str, float], book_seconds: float | None = None) -> str:
     """Write the chapters' time lines, the JSON record (the machine it ran on, its training speed
-    and, if measured, the whole book's side-by-side seconds) and the guide's table; return the record."""
+    and, if measured, the whole book's side-by-side seconds) and the guide's table; return the table."""
     machine = {**cpu(), "python": platform.python_version(), "platform": platform.platform()}
     record = {"machine": machine, "train_tokens_per_second": round(training_speed()), "seconds": times}
     if book_seconds is not None:
@@ -239,9 +239,10 @@ def save(times: dict[str, float], book_seconds: float | None = None) -> dict[str
     write_lab_plan(times, factor)
     SAVED.parent.mkdir(parents=True, exist_ok=True)
     SAVED.write_text(json.dumps(record, indent=1) + "\n")
+    table = markdown_table(times, machine, book_seconds, factor)
     TABLE.write_text("<!-- Written by benchmarks/notebook_times.py (--measure, --save); do not edit -->\n\n"
-                     + markdown_table(times, machine, book_seconds, factor))
-    return record
+                     + table)
+    return table
 
 
 def side_by_side(fresh: dict[str, float], saved: dict[str, Any]) -> str:
@@ -271,8 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     times = measure() if args.measure else json.loads(Path(args.save).read_text())
     book_seconds = measure_book() if args.measure else None
-    record = save(times, book_seconds)
-    print(markdown_table(times, record["machine"], book_seconds, slower_machine_factor(record)))
+    print(save(times, book_seconds))
 
 
 if __name__ == "__main__":

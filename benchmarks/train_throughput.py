@@ -167,10 +167,10 @@ def setup(quick: bool = False) -> tuple[nn.Module, Any, Examples, TrainConfig]:
     return base, tokenizer, examples, TrainConfig(max_steps=steps, batch_size=batch_size, lr=1e-3, seed=0)
 
 
-def ours_tokens_per_second(quick: bool = False, repeats: int = 5) -> float:
+def ours_tokens_per_second(repeats: int = 5) -> float:
     """Our loop's tokens/s, the median of `repeats` runs after a warm-up one: the "ours" side of
     `run` alone, at torch's present thread count (what benchmarks/notebook_times.py scales by)."""
-    base, tokenizer, examples, config = setup(quick)
+    base, tokenizer, examples, config = setup()
     runs = [prepare("ours", base, tokenizer, examples, [], config)() for _ in range(repeats + 1)]
     return median([run["tokens"] / run["seconds"] for run in runs[1:]])
 
